@@ -1,0 +1,70 @@
+"""Configuration shared by every service: the one place environment variables are read.
+
+Each service subclasses `ServiceSettings`, fixes its `service_name`, and adds what only it needs.
+Defaults are the design document's values, so a bare `make run` behaves as documented, and
+every simulated delay can be shrunk from the environment for tests and demos.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Seconds = Annotated[float, Field(ge=0)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", frozen=True)
+
+    service_name: str = "service"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- infrastructure ---------------------------------------------------------------------
+    # The vhost is part of the URL, so one broker can host the dev fleet and isolated test runs.
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/fleet"
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/fleet"
+
+    # Ten services share one PostgreSQL (max_connections=100 by default): 10 x (4 + 2) = 60 at most,
+    # which leaves room for replicas, psql and the test harness.
+    db_pool_size: Annotated[int, Field(ge=1, le=50)] = 4
+    db_max_overflow: Annotated[int, Field(ge=0, le=50)] = 2
+    db_pool_timeout_s: PositiveSeconds = 5.0
+    db_statement_timeout_s: PositiveSeconds = 10.0
+
+    # --- messaging ----------------------------------------------------------------------------
+    # Prefetch bounds both unacknowledged deliveries and concurrent handlers per consumer.
+    prefetch_count: Annotated[int, Field(ge=1, le=1000)] = 20
+    # A failing handler runs at most this many times before its message is dead-lettered.
+    max_delivery_attempts: Annotated[int, Field(ge=1, le=50)] = 5
+    retry_base_delay_s: PositiveSeconds = 0.5
+    retry_backoff_factor: Annotated[float, Field(ge=1)] = 4.0
+    retry_max_delay_s: PositiveSeconds = 60.0
+    # Redelivery while a dependency (the database) is down does not use up an attempt.
+    dependency_retry_delay_s: PositiveSeconds = 1.0
+    publish_timeout_s: PositiveSeconds = 5.0
+    broker_reconnect_interval_s: PositiveSeconds = 1.0
+    broker_connect_timeout_s: PositiveSeconds = 60.0
+    shutdown_grace_s: PositiveSeconds = 10.0
+
+    # --- transactional outbox -----------------------------------------------------------------
+    # Rows not published right after their commit (crash, broker outage) are swept up by the relay.
+    outbox_relay_interval_s: PositiveSeconds = 1.0
+    outbox_relay_grace_s: PositiveSeconds = 2.0
+    outbox_relay_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+
+    # --- simulated work (design document defaults) ---------------------------------------------
+    email_send_delay_s: Seconds = 0.5
+    payment_delay_s: Seconds = 2.0
+    report_cpu_seconds: Seconds = 10.0
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_asyncpg_driver(cls, url: str) -> str:
+        # Accept the plain URL people copy from psql docs; the services always talk asyncpg.
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url.removeprefix(prefix)
+        return url

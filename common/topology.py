@@ -1,0 +1,327 @@
+"""The message map: every exchange, queue, binding, retry path and dead-letter queue of the fleet.
+
+Read this file to see the whole flow. Publishers name an *event type*, never a queue: `ROUTES`
+says where each type goes. Consumers name a `ConsumedQueue`: `QUEUES` says which service
+consumes which queue and what event it carries.
+
+Every consumed queue `q` comes with two companions, declared together:
+- `q.retry`: a failed message waits here for its back-off delay (per-message TTL), then the
+  broker dead-letters it back into `q`;
+- `q.dlq`: messages that must not be retried (malformed, schema-invalid, out of attempts, or
+  redelivered past the broker's delivery limit), each with the reason in its headers.
+
+All queues are durable quorum queues: they survive broker restarts, count redeliveries
+(`x-delivery-limit` stops a message that crashes its consumer from looping forever), and
+dead-letter at least once (`x-dead-letter-strategy: at-least-once`), so nothing is dropped on
+the way to a retry or dead-letter queue.
+
+Every service declares the whole map at startup. Declaration is idempotent, and since every
+binding exists before any service publishes, a fanout publish can never reach an exchange
+with no queues bound. Changing a queue's arguments here requires deleting the queue on
+existing brokers (RabbitMQ refuses to redeclare a queue with different arguments).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import aio_pika
+
+from common.events import (
+    ClickTracked,
+    Event,
+    GenerateReportJob,
+    OrderCreated,
+    PaymentCompleted,
+    PaymentFailed,
+    PaymentInitiated,
+    ProductUpdated,
+    StockReserved,
+    UserRegistered,
+)
+
+# Broker-side guard against poison that kills its consumer before it can be acknowledged.
+# The consumer's own retry budget (`max_delivery_attempts`) is the normal path; this only
+# counts deliveries the broker had to take back (consumer crash, connection loss).
+DELIVERY_LIMIT = 20
+
+
+class ExchangeKind(StrEnum):
+    DIRECT = "direct"
+    FANOUT = "fanout"
+
+
+@dataclass(frozen=True)
+class Exchange:
+    name: str
+    kind: ExchangeKind
+    description: str
+
+    @property
+    def is_default(self) -> bool:
+        return self.name == ""
+
+
+@dataclass(frozen=True)
+class ConsumedQueue:
+    """A queue one service consumes, bound to `exchange` (the default exchange routes by queue name)."""
+
+    name: str
+    event: type[Event]
+    consumer: str
+    exchange: Exchange
+    description: str
+
+    @property
+    def retry_queue(self) -> str:
+        return f"{self.name}.retry"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.name}.dlq"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a published event of type `event` goes."""
+
+    event: type[Event]
+    exchange: Exchange
+    routing_key: str
+    publishers: tuple[str, ...] = field(default_factory=tuple)
+
+
+# --- Exchanges -------------------------------------------------------------------------------
+
+DEFAULT_EXCHANGE = Exchange(
+    "", ExchangeKind.DIRECT, "RabbitMQ's default exchange: delivers to the queue named by the routing key."
+)
+PRODUCT_UPDATES = Exchange(
+    "product_updates", ExchangeKind.FANOUT, "Every product change, copied to search, cache and analytics."
+)
+PAYMENT_COMPLETED = Exchange(
+    "payment_completed", ExchangeKind.FANOUT, "Settled payments: the payment audit trail and saga participants."
+)
+PAYMENT_FAILED = Exchange("payment_failed", ExchangeKind.FANOUT, "Failed saga payments: every participant compensates.")
+
+EXCHANGES: tuple[Exchange, ...] = (PRODUCT_UPDATES, PAYMENT_COMPLETED, PAYMENT_FAILED)
+
+
+# --- Queues ----------------------------------------------------------------------------------
+
+# Scenario 1: fire-and-forget
+USER_REGISTERED = ConsumedQueue(
+    "user_registered_queue",
+    UserRegistered,
+    "emailservice",
+    DEFAULT_EXCHANGE,
+    "New users, for the welcome email.",
+)
+
+# Scenario 2: background payment
+PAYMENT_INITIATED = ConsumedQueue(
+    "payment_initiated_queue",
+    PaymentInitiated,
+    "paymentservice",
+    DEFAULT_EXCHANGE,
+    "Accepted payments waiting for the (slow) payment gateway.",
+)
+PAYMENT_COMPLETED_AUDIT = ConsumedQueue(
+    "payment_completed_queue",
+    PaymentCompleted,
+    "paymentservice",
+    PAYMENT_COMPLETED,
+    "Settled payments, recorded in the payment audit trail.",
+)
+
+# Scenario 3: fan-out
+SEARCH_PRODUCT_UPDATES = ConsumedQueue(
+    "search_product_updates_queue",
+    ProductUpdated,
+    "searchservice",
+    PRODUCT_UPDATES,
+    "Product changes to reindex for search.",
+)
+CACHE_PRODUCT_UPDATES = ConsumedQueue(
+    "cache_product_updates_queue",
+    ProductUpdated,
+    "cacheservice",
+    PRODUCT_UPDATES,
+    "Product changes to refresh the product cache.",
+)
+ANALYTICS_PRODUCT_UPDATES = ConsumedQueue(
+    "analytics_product_updates_queue",
+    ProductUpdated,
+    "analyticsservice",
+    PRODUCT_UPDATES,
+    "Product changes to count in analytics.",
+)
+
+# Scenario 4: CPU job offloading
+REPORT_JOBS = ConsumedQueue(
+    "report_jobs_queue",
+    GenerateReportJob,
+    "reportservice",
+    DEFAULT_EXCHANGE,
+    "Report jobs for the CPU workers.",
+)
+
+# Scenario 5: the order saga (choreography)
+ORDER_CREATED = ConsumedQueue(
+    "order_created_queue",
+    OrderCreated,
+    "inventoryservice",
+    DEFAULT_EXCHANGE,
+    "New orders: inventory reserves their stock.",
+)
+STOCK_RESERVED = ConsumedQueue(
+    "stock_reserved_queue",
+    StockReserved,
+    "paymentservice",
+    DEFAULT_EXCHANGE,
+    "Orders with stock reserved: payment charges them.",
+)
+INVENTORY_PAYMENT_FAILED = ConsumedQueue(
+    "inventory_payment_failed_queue",
+    PaymentFailed,
+    "inventoryservice",
+    PAYMENT_FAILED,
+    "Compensation: release the failed order's reservation.",
+)
+ORDER_PAYMENT_FAILED = ConsumedQueue(
+    "order_payment_failed_queue",
+    PaymentFailed,
+    "orderservice",
+    PAYMENT_FAILED,
+    "Compensation: mark the order failed with the payment's reason.",
+)
+
+# Scenario 6: buffered ingestion
+CLICK_TRACKED = ConsumedQueue(
+    "click_tracked_queue",
+    ClickTracked,
+    "analyticsservice",
+    DEFAULT_EXCHANGE,
+    "Raw clicks, buffered for the aggregating consumer.",
+)
+
+QUEUES: tuple[ConsumedQueue, ...] = (
+    USER_REGISTERED,
+    PAYMENT_INITIATED,
+    PAYMENT_COMPLETED_AUDIT,
+    SEARCH_PRODUCT_UPDATES,
+    CACHE_PRODUCT_UPDATES,
+    ANALYTICS_PRODUCT_UPDATES,
+    REPORT_JOBS,
+    ORDER_CREATED,
+    STOCK_RESERVED,
+    INVENTORY_PAYMENT_FAILED,
+    ORDER_PAYMENT_FAILED,
+    CLICK_TRACKED,
+)
+
+
+# --- Routes: where each event type is published ------------------------------------------------
+
+ROUTES: tuple[Route, ...] = (
+    Route(UserRegistered, DEFAULT_EXCHANGE, USER_REGISTERED.name, ("userservice",)),
+    Route(PaymentInitiated, DEFAULT_EXCHANGE, PAYMENT_INITIATED.name, ("paymentservice",)),
+    Route(PaymentCompleted, PAYMENT_COMPLETED, "", ("paymentservice",)),
+    Route(PaymentFailed, PAYMENT_FAILED, "", ("paymentservice",)),
+    Route(ProductUpdated, PRODUCT_UPDATES, "", ("productservice",)),
+    Route(GenerateReportJob, DEFAULT_EXCHANGE, REPORT_JOBS.name, ("reportservice",)),
+    Route(OrderCreated, DEFAULT_EXCHANGE, ORDER_CREATED.name, ("orderservice",)),
+    Route(StockReserved, DEFAULT_EXCHANGE, STOCK_RESERVED.name, ("inventoryservice",)),
+    Route(ClickTracked, DEFAULT_EXCHANGE, CLICK_TRACKED.name, ("analyticsservice",)),
+)
+
+_ROUTES_BY_EVENT: dict[type[Event], Route] = {route.event: route for route in ROUTES}
+
+
+def route_for(event_type: type[Event]) -> Route:
+    try:
+        return _ROUTES_BY_EVENT[event_type]
+    except KeyError:
+        raise LookupError(f"no route for {event_type.__name__}: add one to common.topology.ROUTES") from None
+
+
+def queues_consumed_by(service: str) -> tuple[ConsumedQueue, ...]:
+    return tuple(queue for queue in QUEUES if queue.consumer == service)
+
+
+def queue_named(name: str) -> ConsumedQueue:
+    for queue in QUEUES:
+        if queue.name == name:
+            return queue
+    raise LookupError(f"no consumed queue named {name!r}")
+
+
+# --- Declaration -------------------------------------------------------------------------------
+
+_QUORUM = {"x-queue-type": "quorum"}
+_AT_LEAST_ONCE_DEAD_LETTERING = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
+
+def main_queue_arguments(queue: ConsumedQueue) -> dict[str, str | int]:
+    return {
+        **_QUORUM,
+        **_AT_LEAST_ONCE_DEAD_LETTERING,
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue.dead_letter_queue,
+    }
+
+
+def retry_queue_arguments(queue: ConsumedQueue) -> dict[str, str | int]:
+    # Messages carry their own back-off as a per-message TTL; on expiry they return to `queue`.
+    return {
+        **_QUORUM,
+        **_AT_LEAST_ONCE_DEAD_LETTERING,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue.name,
+    }
+
+
+def dead_letter_queue_arguments(queue: ConsumedQueue) -> dict[str, str | int]:
+    return dict(_QUORUM)
+
+
+async def declare_exchange(channel: aio_pika.abc.AbstractChannel, exchange: Exchange) -> aio_pika.abc.AbstractExchange:
+    if exchange.is_default:
+        return channel.default_exchange
+    return await channel.declare_exchange(
+        exchange.name, aio_pika.ExchangeType(exchange.kind.value), durable=True, auto_delete=False
+    )
+
+
+async def declare_queue(channel: aio_pika.abc.AbstractChannel, queue: ConsumedQueue) -> aio_pika.abc.AbstractQueue:
+    """Declare `queue` with its retry and dead-letter companions and its binding; return the main queue."""
+    await channel.declare_queue(
+        queue.dead_letter_queue, durable=True, auto_delete=False, arguments=dead_letter_queue_arguments(queue)
+    )
+    await channel.declare_queue(
+        queue.retry_queue, durable=True, auto_delete=False, arguments=retry_queue_arguments(queue)
+    )
+    main = await channel.declare_queue(
+        queue.name, durable=True, auto_delete=False, arguments=main_queue_arguments(queue)
+    )
+    if not queue.exchange.is_default:
+        exchange = await declare_exchange(channel, queue.exchange)
+        await main.bind(exchange, routing_key="")
+    return main
+
+
+async def declare_topology(
+    channel: aio_pika.abc.AbstractChannel,
+    exchanges: Iterable[Exchange] = EXCHANGES,
+    queues: Iterable[ConsumedQueue] = QUEUES,
+) -> dict[str, aio_pika.abc.AbstractExchange]:
+    """Declare every exchange, queue and binding; return the exchanges by name for publishing."""
+    declared = {DEFAULT_EXCHANGE.name: channel.default_exchange}
+    for exchange in exchanges:
+        declared[exchange.name] = await declare_exchange(channel, exchange)
+    for queue in queues:
+        await declare_queue(channel, queue)
+    return declared
