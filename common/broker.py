@@ -1,0 +1,181 @@
+"""The RabbitMQ client: one robust connection per process, confirmed and mandatory publishing.
+
+Reliability settings are all explicit here, because aio-pika's defaults are not the safe ones:
+- messages are persistent (the library default is transient);
+- the publishing channel waits for publisher confirms and uses `mandatory=True` with
+  `on_return_raises=True`, so an unroutable message raises instead of vanishing;
+- the connection is robust: after a broker restart or a forced close it reconnects every
+  `broker_reconnect_interval_s` and restores channels, queues and consumers by itself;
+- publishing while disconnected raises `BrokerUnavailable` at once instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from common import metrics
+from common.events import Event
+from common.settings import ServiceSettings
+from common.topology import EXCHANGES, QUEUES, ConsumedQueue, Exchange, declare_topology, route_for
+
+log = logging.getLogger(__name__)
+
+PUBLISHED_AT_HEADER = "x-published-at-ms"
+CONTENT_TYPE = "application/json"
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot take the message now (down, reconnecting, or no confirm in time)."""
+
+
+class UnroutableMessage(Exception):
+    """The broker returned a mandatory message: no queue is bound for it. A topology bug."""
+
+
+def encode_event(event: Event, *, app_id: str, headers: dict[str, Any] | None = None) -> aio_pika.Message:
+    return build_message(
+        body=event.model_dump_json().encode(),
+        event_id=str(event.event_id),
+        event_type=event.event_type,
+        correlation_id=event.correlation_id,
+        app_id=app_id,
+        headers=headers,
+    )
+
+
+def build_message(
+    *,
+    body: bytes,
+    event_id: str,
+    event_type: str,
+    correlation_id: str,
+    app_id: str,
+    headers: dict[str, Any] | None = None,
+) -> aio_pika.Message:
+    now = time.time()
+    return aio_pika.Message(
+        body=body,
+        content_type=CONTENT_TYPE,
+        content_encoding="utf-8",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=event_id,
+        correlation_id=correlation_id,
+        type=event_type,
+        app_id=app_id,
+        timestamp=datetime.fromtimestamp(now, UTC),
+        # AMQP timestamps have one-second resolution; end-to-end latency needs milliseconds.
+        headers={**(headers or {}), PUBLISHED_AT_HEADER: int(now * 1000)},
+    )
+
+
+class Broker:
+    """Owns the process's connection, its publishing channel and the declared topology."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        exchanges: tuple[Exchange, ...] = EXCHANGES,
+        queues: tuple[ConsumedQueue, ...] = QUEUES,
+    ) -> None:
+        self._settings = settings
+        self._exchange_specs = exchanges
+        self._queue_specs = queues
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    @property
+    def connection_name(self) -> str:
+        return f"{self._settings.service_name}@{socket.gethostname()}:{os.getpid()}"
+
+    @property
+    def is_connected(self) -> bool:
+        connection = self._connection
+        return (
+            connection is not None
+            and not connection.is_closed
+            and connection.connected.is_set()
+            and self._publish_channel is not None
+            and not self._publish_channel.is_closed
+        )
+
+    async def connect(self) -> None:
+        """Connect (waiting up to `broker_connect_timeout_s` for the broker) and declare the topology."""
+        deadline = time.monotonic() + self._settings.broker_connect_timeout_s
+        while True:
+            try:
+                self._connection = await aio_pika.connect_robust(
+                    self._settings.rabbitmq_url,
+                    reconnect_interval=self._settings.broker_reconnect_interval_s,
+                    client_properties={"connection_name": self.connection_name},
+                )
+                break
+            except (aiormq.exceptions.AMQPConnectionError, ConnectionError, OSError) as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("broker not reachable yet (%s); retrying", exc)
+                await asyncio.sleep(self._settings.broker_reconnect_interval_s)
+        self._publish_channel = await self.open_channel(publisher_confirms=True)
+        self._exchanges = await declare_topology(self._publish_channel, self._exchange_specs, self._queue_specs)
+        log.info("connected to the broker and declared the topology", extra={"connection": self.connection_name})
+
+    async def open_channel(self, *, publisher_confirms: bool = True) -> AbstractChannel:
+        if self._connection is None:
+            raise BrokerUnavailable("not connected")
+        return await self._connection.channel(publisher_confirms=publisher_confirms, on_return_raises=True)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+            self._publish_channel = None
+
+    async def publish(self, event: Event, *, headers: dict[str, Any] | None = None) -> None:
+        """Publish `event` where the topology routes its type; return once the broker confirmed it."""
+        route = route_for(type(event))
+        message = encode_event(event, app_id=self._settings.service_name, headers=headers)
+        await self.publish_message(message, exchange=route.exchange.name, routing_key=route.routing_key)
+
+    async def publish_message(self, message: aio_pika.Message, *, exchange: str, routing_key: str) -> None:
+        """Publish a prepared message; raise `BrokerUnavailable` or `UnroutableMessage` unless confirmed."""
+        if self._publish_channel is None:
+            raise BrokerUnavailable("not connected to the broker")
+        target = self._exchanges.get(exchange)
+        if target is None:
+            raise LookupError(f"exchange {exchange!r} is not in the declared topology")
+        outcome = "confirmed"
+        try:
+            await target.publish(
+                message, routing_key=routing_key, mandatory=True, timeout=self._settings.publish_timeout_s
+            )
+        except aiormq.exceptions.PublishError as exc:
+            outcome = "returned"
+            raise UnroutableMessage(
+                f"the broker could not route {message.type} to exchange {exchange!r} with routing key {routing_key!r}"
+            ) from exc
+        except aiormq.exceptions.DeliveryError as exc:
+            outcome = "nacked"
+            raise BrokerUnavailable(f"the broker refused {message.type}: {exc}") from exc
+        except (
+            aiormq.exceptions.ChannelInvalidStateError,
+            aiormq.exceptions.AMQPError,
+            ConnectionError,
+            TimeoutError,
+        ) as exc:
+            outcome = "unavailable"
+            raise BrokerUnavailable(f"the broker is unavailable: {type(exc).__name__}: {exc}") from exc
+        finally:
+            metrics.MESSAGES_PUBLISHED.labels(
+                exchange=exchange or "(default)", event_type=message.type or "unknown", outcome=outcome
+            ).inc()

@@ -1,0 +1,154 @@
+"""PostgreSQL access: one async engine per service, one schema per service.
+
+Each service owns the tables in its own schema (named after the service) and never reads
+another's. Tables are created at startup under an advisory lock, so several replicas of a
+service can start at once. The pool is opened and warmed before the service reports ready,
+so the first requests do not pay for connection setup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import sqlalchemy.exc
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.schema import CreateSchema
+
+from common.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+def service_metadata(schema: str) -> MetaData:
+    """A service's table registry, with the messaging core's own tables already in it."""
+    metadata = MetaData(schema=schema)
+    Table(
+        "outbox",
+        metadata,
+        Column("id", BigInteger, Identity(), primary_key=True),
+        Column("event_id", UUID(as_uuid=False), nullable=False),
+        Column("event_type", Text, nullable=False),
+        Column("exchange", Text, nullable=False),
+        Column("routing_key", Text, nullable=False),
+        Column("correlation_id", Text, nullable=False),
+        Column("payload", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+    Table(
+        "processed_events",
+        metadata,
+        Column("consumer", Text, nullable=False),
+        Column("event_id", UUID(as_uuid=False), nullable=False),
+        Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        PrimaryKeyConstraint("consumer", "event_id"),
+        Index(None, "processed_at"),
+    )
+    return metadata
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    return metadata.tables[f"{metadata.schema}.outbox"]
+
+
+def processed_events_table(metadata: MetaData) -> Table:
+    return metadata.tables[f"{metadata.schema}.processed_events"]
+
+
+def is_dependency_failure(exc: BaseException) -> bool:
+    """True when `exc` means the database is unreachable, not that the statement was wrong."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sqlalchemy.exc.TimeoutError | sqlalchemy.exc.InterfaceError):
+        return True  # pool exhausted or connection closed under us
+    original = getattr(exc, "orig", None) or exc.__cause__
+    candidates = (exc, original, getattr(original, "__cause__", None))
+    return any(
+        isinstance(
+            candidate,
+            ConnectionError
+            | OSError
+            | asyncpg.exceptions.CannotConnectNowError
+            | asyncpg.exceptions.ConnectionDoesNotExistError
+            | asyncpg.exceptions.AdminShutdownError
+            | asyncpg.exceptions.TooManyConnectionsError,
+        )
+        for candidate in candidates
+        if candidate is not None
+    )
+
+
+class Database:
+    def __init__(self, settings: ServiceSettings, metadata: MetaData) -> None:
+        if metadata.schema is None:
+            raise ValueError("service tables must live in the service's own schema")
+        self.metadata = metadata
+        self.schema = metadata.schema
+        self._pool_size = settings.db_pool_size
+        self.engine: AsyncEngine = create_async_engine(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout_s,
+            # A restarted server invalidates the whole pool on the first disconnect error, so no
+            # per-checkout ping (an extra round trip on every request) is needed.
+            pool_pre_ping=False,
+            pool_recycle=1800,
+            connect_args={
+                "timeout": settings.db_pool_timeout_s,
+                "server_settings": {
+                    "application_name": settings.service_name,
+                    "statement_timeout": str(int(settings.db_statement_timeout_s * 1000)),
+                },
+            },
+        )
+
+    async def create_tables(self) -> None:
+        async with self.engine.begin() as connection:
+            # Replicas starting together would race on CREATE; serialise them per schema.
+            await connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(self.schema.encode())}
+            )
+            await connection.execute(CreateSchema(self.schema, if_not_exists=True))
+            await connection.run_sync(self.metadata.create_all)
+
+    async def warm_up(self) -> None:
+        """Open `pool_size` connections now rather than on the first requests."""
+
+        async def hold_one(ready: asyncio.Barrier) -> None:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+                await ready.wait()
+
+        barrier = asyncio.Barrier(self._pool_size)
+        await asyncio.gather(*(hold_one(barrier) for _ in range(self._pool_size)))
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as connection:
+            yield connection
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,228 @@
+"""The service factory: a FastAPI app whose lifespan owns every connection, pool and task.
+
+Startup order: logging, database (tables, warm pool), broker (connect, declare the whole
+topology), outbox dispatcher and relay, the service's own resources, then consumers - so a
+consumer never handles a message before everything it needs is open. Shutdown runs in
+reverse: consumers finish their in-flight messages first, the outbox flushes what is
+committed, then connections close.
+
+Every service gets `/health` (liveness: the process answers), `/ready` (503 unless the broker
+connection is open and the database answers), `/metrics` and `/docs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Annotated, Any, Literal
+
+import sqlalchemy.exc
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator import metrics as http_metrics
+from pydantic import BaseModel, Field
+from sqlalchemy import MetaData
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common import correlation
+from common.broker import Broker, BrokerUnavailable
+from common.consumer import Consumer, Handler
+from common.database import Database, is_dependency_failure
+from common.logs import configure_logging
+from common.metrics import LATENCY_BUCKETS_S
+from common.outbox import Outbox
+from common.runtime import Runtime
+from common.settings import ServiceSettings
+from common.topology import ConsumedQueue, queues_consumed_by
+
+log = logging.getLogger(__name__)
+
+ServiceLifespan = Callable[[Runtime], AbstractAsyncContextManager[None]]
+
+READY_CHECK_TIMEOUT_S = 2.0
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(examples=["the message broker is unavailable; try again shortly"])
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+    service: str
+
+
+class ReadinessResponse(BaseModel):
+    status: Literal["ready", "not ready"]
+    service: str
+    checks: dict[str, str] = Field(examples=[{"broker": "ok", "database": "ok"}])
+
+
+UNAVAILABLE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorResponse, "description": "The broker or the database is unavailable; nothing was accepted."}
+}
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+class CorrelationIdMiddleware:
+    """Take `X-Correlation-ID` from the request (or start one), bind it, and echo it back."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        header_name = correlation.CORRELATION_HEADER.lower().encode()
+        for name, value in scope["headers"]:
+            if name == header_name:
+                incoming = value.decode("latin-1")
+                break
+        correlation_id = correlation.sanitize_correlation_id(incoming)
+
+        async def send_with_correlation_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append(correlation.CORRELATION_HEADER, correlation_id)
+            await send(message)
+
+        with correlation.bound(correlation_id):
+            await self.app(scope, receive, send_with_correlation_id)
+
+
+def _check_subscriptions(service: str, subscriptions: Mapping[ConsumedQueue, Handler[Any]]) -> None:
+    expected = set(queues_consumed_by(service))
+    given = set(subscriptions)
+    if extra := sorted(queue.name for queue in given - expected):
+        raise ValueError(f"common.topology does not assign {extra} to {service}")
+    if missing := sorted(queue.name for queue in expected - given):
+        log.warning("%s has no handler yet for %s: those messages wait in their queues", service, missing)
+
+
+def create_service(
+    settings: ServiceSettings,
+    *,
+    title: str,
+    description: str,
+    metadata: MetaData,
+    routers: Sequence[APIRouter] = (),
+    subscriptions: Mapping[ConsumedQueue, Handler[Any]] | None = None,
+    lifespans: Sequence[ServiceLifespan] = (),
+    prefetch_overrides: Mapping[ConsumedQueue, int] | None = None,
+) -> FastAPI:
+    subscriptions = subscriptions or {}
+    _check_subscriptions(settings.service_name, subscriptions)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.service_name, settings.log_level)
+        async with AsyncExitStack() as stack:
+            database = Database(settings, metadata)
+            stack.push_async_callback(database.dispose)
+            await database.create_tables()
+            await database.warm_up()
+
+            broker = Broker(settings)
+            stack.push_async_callback(broker.close)
+            await broker.connect()
+
+            outbox = Outbox(settings, database, broker)
+            outbox.start()
+            stack.push_async_callback(outbox.close)
+
+            runtime = Runtime(settings=settings, database=database, broker=broker, outbox=outbox)
+            app.state.runtime = runtime
+            for service_lifespan in lifespans:
+                await stack.enter_async_context(service_lifespan(runtime))
+
+            consumers = [
+                Consumer(queue, handler, runtime, prefetch_count=(prefetch_overrides or {}).get(queue))
+                for queue, handler in subscriptions.items()
+            ]
+            for consumer in consumers:
+                await consumer.start()
+
+                async def stop_consumer(consumer: Consumer[Any] = consumer) -> None:
+                    await consumer.stop(settings.shutdown_grace_s)
+
+                stack.push_async_callback(stop_consumer)
+
+            log.info("%s is up", settings.service_name)
+            yield
+            log.info("%s is shutting down", settings.service_name)
+
+    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    app.add_middleware(CorrelationIdMiddleware)
+
+    @app.exception_handler(BrokerUnavailable)
+    async def broker_unavailable(request: Request, exc: BrokerUnavailable) -> JSONResponse:
+        log.warning("refusing %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "the message broker is unavailable; nothing was accepted, try again shortly"},
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(sqlalchemy.exc.SQLAlchemyError)
+    async def database_error(request: Request, exc: sqlalchemy.exc.SQLAlchemyError) -> JSONResponse:
+        if not is_dependency_failure(exc):
+            raise exc
+        log.warning("refusing %s %s: database unavailable: %r", request.method, request.url.path, exc)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "the database is unavailable; nothing was accepted, try again shortly"},
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(OSError)
+    async def connection_error(request: Request, exc: OSError) -> JSONResponse:
+        log.warning("refusing %s %s: a dependency is unreachable: %r", request.method, request.url.path, exc)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "a dependency is unreachable; nothing was accepted, try again shortly"},
+            headers={"Retry-After": "1"},
+        )
+
+    @app.get("/health", tags=["operations"], summary="Liveness: the process is up and serving")
+    async def health() -> HealthResponse:
+        return HealthResponse(service=settings.service_name)
+
+    @app.get(
+        "/ready",
+        tags=["operations"],
+        summary="Readiness: the broker connection is open and the database answers",
+        response_model=ReadinessResponse,
+        responses={503: {"model": ReadinessResponse, "description": "A dependency is down."}},
+    )
+    async def ready(runtime: RuntimeDep) -> JSONResponse:
+        checks = {"broker": "ok" if runtime.broker.is_connected else "disconnected"}
+        try:
+            await asyncio.wait_for(runtime.database.ping(), timeout=READY_CHECK_TIMEOUT_S)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        is_ready = all(value == "ok" for value in checks.values())
+        body = ReadinessResponse(
+            status="ready" if is_ready else "not ready", service=settings.service_name, checks=checks
+        )
+        return JSONResponse(status_code=200 if is_ready else 503, content=body.model_dump())
+
+    for router in routers:
+        app.include_router(router)
+
+    Instrumentator(should_group_status_codes=False, excluded_handlers=["/metrics"]).add(
+        http_metrics.requests(),
+        http_metrics.latency(buckets=LATENCY_BUCKETS_S),
+    ).instrument(app).expose(app, include_in_schema=False)
+    return app
