@@ -1,0 +1,1 @@
+"""EmailService (port 8107): sends the welcome email for every `UserRegistered` (Scenario 1)."""

@@ -1,0 +1,34 @@
+from datetime import datetime
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from common.service import UNAVAILABLE_RESPONSE, RuntimeDep
+from emailservice.tables import sent_emails
+
+router = APIRouter(tags=["emails"])
+
+MAX_PAGE = 500
+
+
+class SentEmail(BaseModel):
+    id: int
+    user_id: int = Field(examples=[123])
+    recipient: str = Field(examples=["user@example.com"])
+    subject: str = Field(examples=["Welcome aboard!"])
+    sent_at: datetime
+
+
+@router.get("/emails", summary="Emails sent, newest first (optionally to one user)", responses=UNAVAILABLE_RESPONSE)
+async def list_emails(
+    runtime: RuntimeDep,
+    user_id: int | None = Query(default=None, description="Only emails sent to this user."),
+    limit: int = Query(default=100, ge=1, le=MAX_PAGE),
+) -> list[SentEmail]:
+    query = select(sent_emails).order_by(sent_emails.c.id.desc()).limit(limit)
+    if user_id is not None:
+        query = query.where(sent_emails.c.user_id == user_id)
+    async with runtime.database.engine.connect() as connection:
+        rows = (await connection.execute(query)).all()
+    return [SentEmail.model_validate(row._mapping) for row in rows]

@@ -1,0 +1,1 @@
+"""UserService (port 8101): registers users and announces them with `UserRegistered` (Scenario 1)."""

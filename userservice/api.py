@@ -1,0 +1,74 @@
+from datetime import datetime
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+
+from common.events import UserRegistered
+from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+from userservice.tables import users
+
+router = APIRouter(tags=["users"])
+
+
+class RegisterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: EmailStr = Field(examples=["user@example.com"])
+
+
+class RegisterResponse(BaseModel):
+    id: int = Field(examples=[123])
+    email: str = Field(examples=["user@example.com"])
+    message: str = Field(examples=["User registered successfully. Welcome email will be sent shortly."])
+    event_published: bool = Field(
+        description="True once `UserRegistered` is committed to the outbox together with the user: "
+        "it will reach the email service even if the broker or the email service is down right now.",
+        examples=[True],
+    )
+
+
+class User(BaseModel):
+    id: int = Field(examples=[123])
+    email: str = Field(examples=["user@example.com"])
+    created_at: datetime
+
+
+@router.post(
+    "/register",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Register a user; the welcome email is sent in the background",
+    responses={
+        409: {"model": ErrorResponse, "description": "The email is already registered."},
+        **UNAVAILABLE_RESPONSE,
+    },
+)
+async def register(request: RegisterRequest, runtime: RuntimeDep) -> RegisterResponse:
+    email = request.email.lower()
+    async with runtime.outbox.transaction() as unit:
+        user_id = await unit.connection.scalar(
+            insert(users).values(email=email).on_conflict_do_nothing(index_elements=["email"]).returning(users.c.id)
+        )
+        if user_id is None:
+            raise HTTPException(status.HTTP_409_CONFLICT, detail=f"{email} is already registered")
+        unit.publish(UserRegistered(user_id=user_id, email=email))
+    return RegisterResponse(
+        id=user_id,
+        email=email,
+        message="User registered successfully. Welcome email will be sent shortly.",
+        event_published=True,
+    )
+
+
+@router.get(
+    "/users/{user_id}",
+    summary="Read a registered user",
+    responses={404: {"model": ErrorResponse, "description": "No such user."}, **UNAVAILABLE_RESPONSE},
+)
+async def read_user(user_id: int, runtime: RuntimeDep) -> User:
+    async with runtime.database.engine.connect() as connection:
+        row = (await connection.execute(select(users).where(users.c.id == user_id))).first()
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"user {user_id} not found")
+    return User.model_validate(row._mapping)
