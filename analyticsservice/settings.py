@@ -1,0 +1,5 @@
+from common.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    service_name: str = "analyticsservice"

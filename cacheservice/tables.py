@@ -1,0 +1,3 @@
+from common.database import service_metadata
+
+metadata = service_metadata("cacheservice")

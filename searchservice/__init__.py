@@ -1,0 +1,1 @@
+"""SearchService (port 8108). Scenario 3 (fan-out consumer): the product search index."""
