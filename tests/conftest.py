@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.support.infra import Infra, isolated_infra
+from tests.support.rabbitmq import Management
+
+_TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Fast feedback first: unit, then integration, then the end-to-end tests that start the fleet."""
+
+    def tier(item: pytest.Item) -> int:
+        parts = item.path.parts
+        return next((index for index, name in enumerate(_TIERS) if name in parts), len(_TIERS))
+
+    items.sort(key=tier)
+
+
+@pytest.fixture(scope="session")
+async def infra() -> AsyncIterator[Infra]:
+    """A RabbitMQ vhost and a PostgreSQL database for this test run only, removed afterwards."""
+    async with isolated_infra() as run_infra:
+        yield run_infra
+
+
+@pytest.fixture(scope="session")
+async def management(infra: Infra) -> AsyncIterator[Management]:
+    client = Management(infra)
+    yield client
+    await client.close()

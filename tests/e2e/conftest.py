@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.fleet import Fleet
+from tests.support.infra import Infra, isolated_infra
+from tests.support.rabbitmq import Management
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+# The design document's delays, shrunk so the suite runs in minutes; set as `make run` users would.
+FAST_FLEET_ENVIRONMENT = {
+    "EMAIL_SEND_DELAY_S": "0.05",
+    "PAYMENT_DELAY_S": "0.2",
+    "REPORT_CPU_SECONDS": "0.5",
+    "RETRY_BASE_DELAY_S": "0.1",
+    "OUTBOX_RELAY_GRACE_S": "1",
+    "LOG_LEVEL": "INFO",
+}
+
+
+@pytest.fixture(scope="session")
+async def infra() -> AsyncIterator[Infra]:
+    """The fleet's own vhost and database, apart from the integration tests' ones."""
+    async with isolated_infra() as run_infra:
+        yield run_infra
+
+
+@pytest.fixture(scope="session")
+async def management(infra: Infra) -> AsyncIterator[Management]:
+    client = Management(infra)
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="session")
+async def fleet(infra: Infra) -> AsyncIterator[Fleet]:
+    """All ten services, started as processes with the Procfile's commands."""
+    running = Fleet(infra, ARTIFACTS / infra.vhost, FAST_FLEET_ENVIRONMENT)
+    try:
+        await running.start()
+        yield running
+    finally:
+        await running.close()
+
+
+@pytest.fixture(scope="session")
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        yield client

@@ -1,0 +1,87 @@
+"""Publishing: confirmed, persistent, and loud when a message cannot be routed."""
+
+from __future__ import annotations
+
+import aio_pika
+import pytest
+
+from common.broker import Broker, BrokerUnavailable, UnroutableMessage, encode_event
+from common.events import UserRegistered
+from common.settings import ServiceSettings
+from common.topology import PRODUCT_UPDATES, QUEUES, declare_topology
+from tests.integration.conftest import Ping
+from tests.support.rabbitmq import Management
+
+pytestmark = pytest.mark.integration
+
+
+async def test_publish_returns_once_the_message_is_in_the_queue(
+    broker: Broker, test_queue, management: Management
+) -> None:
+    ping = Ping(note="confirmed")
+    await broker.publish_message(encode_event(ping, app_id="coretest"), exchange="", routing_key=test_queue.name)
+
+    # No waiting: a returned publish was confirmed, so the broker already holds it.
+    [message] = await management.take(test_queue.name)
+    properties = message["properties"]
+    assert properties["message_id"] == str(ping.event_id)
+    assert properties["correlation_id"] == ping.correlation_id
+    assert properties["delivery_mode"] == 2, "messages must be persistent"
+    assert properties["content_type"] == "application/json"
+    assert properties["type"] == "Ping"
+    assert properties["timestamp"] > 0
+    assert Ping.model_validate_json(message["payload"]) == ping
+
+
+async def test_unroutable_publish_raises(broker: Broker) -> None:
+    with pytest.raises(UnroutableMessage):
+        await broker.publish_message(
+            encode_event(Ping(note="lost?"), app_id="coretest"), exchange="", routing_key="no_such_queue"
+        )
+
+
+async def test_fanout_publish_without_bound_queues_raises(broker: Broker) -> None:
+    # An exchange with nothing bound to it would silently drop the message without `mandatory`.
+    channel = await broker.open_channel()
+    await channel.declare_exchange("coretest_unbound", aio_pika.ExchangeType.FANOUT, auto_delete=True)
+    exchange = await channel.get_exchange("coretest_unbound")
+    with pytest.raises(aio_pika.exceptions.PublishError):
+        await exchange.publish(aio_pika.Message(b"{}"), routing_key="", mandatory=True)
+    await channel.close()
+
+
+async def test_publishing_an_event_follows_its_route(broker: Broker, management: Management) -> None:
+    event = UserRegistered(user_id=7, email="route@example.com")
+    await broker.publish(event)
+    taken = await management.take("user_registered_queue", count=50)
+    assert str(event.event_id) in {message["properties"]["message_id"] for message in taken}
+
+
+async def test_fanout_copies_to_every_bound_queue(broker: Broker, management: Management) -> None:
+    bound = [queue.name for queue in QUEUES if queue.exchange == PRODUCT_UPDATES]
+    assert len(bound) == 3
+    for name in bound:
+        await management.take(name, count=1000)  # start from empty queues
+    channel = await broker.open_channel()
+    exchange = await channel.get_exchange(PRODUCT_UPDATES.name)
+    await exchange.publish(aio_pika.Message(b"copy me", delivery_mode=2), routing_key="", mandatory=True)
+    await channel.close()
+    for name in bound:
+        taken = await management.take(name, count=10)
+        assert [message["payload"] for message in taken] == ["copy me"], f"{name} did not get exactly one copy"
+
+
+async def test_topology_declaration_is_idempotent(broker: Broker) -> None:
+    channel = await broker.open_channel()
+    first = await declare_topology(channel)
+    second = await declare_topology(channel)
+    assert first.keys() == second.keys()
+    await channel.close()
+
+
+async def test_publish_without_a_connection_is_refused(settings: ServiceSettings) -> None:
+    never_connected = Broker(settings)
+    with pytest.raises(BrokerUnavailable):
+        await never_connected.publish(UserRegistered(user_id=1, email="x@example.com"))
+    with pytest.raises(BrokerUnavailable):
+        await never_connected.open_channel()

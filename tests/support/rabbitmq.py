@@ -1,0 +1,77 @@
+"""Looking at the broker the way a user does: through the management API."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from devtools.provision import credentials_of
+from tests.support.infra import Infra
+from tests.support.waiting import eventually
+
+
+class Management:
+    def __init__(self, infra: Infra) -> None:
+        self._vhost = quote(infra.vhost, safe="")
+        self._client = httpx.AsyncClient(
+            base_url=infra.management_url, auth=credentials_of(infra.rabbitmq_url), timeout=10.0
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def queue(self, name: str) -> dict[str, Any]:
+        response = await self._client.get(f"/api/queues/{self._vhost}/{quote(name, safe='')}")
+        response.raise_for_status()
+        return dict(response.json())
+
+    async def queues(self) -> list[dict[str, Any]]:
+        response = await self._client.get(f"/api/queues/{self._vhost}")
+        response.raise_for_status()
+        return list(response.json())
+
+    async def depth(self, name: str) -> int:
+        """Ready plus unacknowledged messages (the management API refreshes every few seconds)."""
+        return int((await self.queue(name)).get("messages", 0))
+
+    async def peek(self, name: str, count: int = 100) -> list[dict[str, Any]]:
+        """Read messages without consuming them (they are requeued)."""
+        response = await self._client.post(
+            f"/api/queues/{self._vhost}/{quote(name, safe='')}/get",
+            json={"count": count, "ackmode": "reject_requeue_true", "encoding": "auto"},
+        )
+        response.raise_for_status()
+        return list(response.json())
+
+    async def take(self, name: str, count: int = 100) -> list[dict[str, Any]]:
+        """Consume messages (they are removed from the queue)."""
+        response = await self._client.post(
+            f"/api/queues/{self._vhost}/{quote(name, safe='')}/get",
+            json={"count": count, "ackmode": "ack_requeue_false", "encoding": "auto"},
+        )
+        response.raise_for_status()
+        return list(response.json())
+
+    async def connections_named(self, connection_name: str) -> list[dict[str, Any]]:
+        response = await self._client.get(f"/api/vhosts/{self._vhost}/connections")
+        response.raise_for_status()
+        return [
+            connection
+            for connection in response.json()
+            if connection.get("client_properties", {}).get("connection_name") == connection_name
+        ]
+
+    async def force_close(self, connection_name: str) -> int:
+        """Close a client's connections from the broker side, as an operator or a network fault would."""
+        connections = await eventually(
+            lambda: self.connections_named(connection_name), message=f"no connection named {connection_name}"
+        )
+        for connection in connections:
+            response = await self._client.delete(
+                f"/api/connections/{quote(connection['name'], safe='')}",
+                headers={"X-Reason": "forced close by the test suite"},
+            )
+            response.raise_for_status()
+        return len(connections)

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from collections import Counter
+
+from common import topology
+from common.events import ALL_EVENTS
+from common.topology import QUEUES, ROUTES, ExchangeKind
+from devtools.fleet import SERVICES_BY_NAME
+
+DESIGN_DOC_QUEUES = {
+    "user_registered_queue",
+    "payment_initiated_queue",
+    "payment_completed_queue",
+    "search_product_updates_queue",
+    "cache_product_updates_queue",
+    "analytics_product_updates_queue",
+    "report_jobs_queue",
+    "order_created_queue",
+    "stock_reserved_queue",
+    "inventory_payment_failed_queue",
+    "order_payment_failed_queue",
+    "click_tracked_queue",
+}
+
+
+def test_design_doc_names_are_kept() -> None:
+    assert {queue.name for queue in QUEUES} >= DESIGN_DOC_QUEUES
+    assert topology.PRODUCT_UPDATES.name == "product_updates"
+    assert topology.PRODUCT_UPDATES.kind is ExchangeKind.FANOUT
+    assert topology.PAYMENT_FAILED.name == "payment_failed"
+    assert topology.PAYMENT_FAILED.kind is ExchangeKind.FANOUT
+    fanout_queues = {q.name for q in QUEUES if q.exchange == topology.PRODUCT_UPDATES}
+    assert fanout_queues == {
+        "search_product_updates_queue",
+        "cache_product_updates_queue",
+        "analytics_product_updates_queue",
+    }
+    assert {q.name for q in QUEUES if q.exchange == topology.PAYMENT_FAILED} == {
+        "inventory_payment_failed_queue",
+        "order_payment_failed_queue",
+    }
+
+
+def test_names_are_unique_including_companions() -> None:
+    names = [name for q in QUEUES for name in (q.name, q.retry_queue, q.dead_letter_queue)]
+    assert [name for name, count in Counter(names).items() if count > 1] == []
+
+
+def test_every_route_reaches_at_least_one_consumed_queue() -> None:
+    for route in ROUTES:
+        if route.exchange.is_default:
+            targets = [q for q in QUEUES if q.exchange.is_default and q.name == route.routing_key]
+        else:
+            targets = [q for q in QUEUES if q.exchange == route.exchange]
+        assert targets, f"{route.event.__name__} is published where no queue receives it"
+        assert all(q.event is route.event for q in targets), f"{route.event.__name__} reaches the wrong queue"
+
+
+def test_every_consumed_event_has_a_publisher_and_every_event_a_route() -> None:
+    routed = {route.event for route in ROUTES}
+    assert {q.event for q in QUEUES} <= routed
+    assert set(ALL_EVENTS) == routed
+    assert len(routed) == len(ROUTES), "one route per event type"
+
+
+def test_publishers_and_consumers_are_fleet_services() -> None:
+    for route in ROUTES:
+        assert route.publishers
+        assert set(route.publishers) <= set(SERVICES_BY_NAME)
+    for queue in QUEUES:
+        assert queue.consumer in SERVICES_BY_NAME
+
+
+def test_queue_arguments_wire_retry_and_dead_letter_paths() -> None:
+    queue = topology.USER_REGISTERED
+    main = topology.main_queue_arguments(queue)
+    assert main["x-queue-type"] == "quorum"
+    assert main["x-dead-letter-exchange"] == ""
+    assert main["x-dead-letter-routing-key"] == "user_registered_queue.dlq"
+    assert main["x-dead-letter-strategy"] == "at-least-once"
+    assert main["x-delivery-limit"] == topology.DELIVERY_LIMIT
+    retry = topology.retry_queue_arguments(queue)
+    assert retry["x-dead-letter-routing-key"] == "user_registered_queue", "expired retries go back to the queue"
+    assert retry["x-dead-letter-strategy"] == "at-least-once"
+    assert topology.dead_letter_queue_arguments(queue) == {"x-queue-type": "quorum"}
+
+
+def test_route_lookup() -> None:
+    assert topology.route_for(topology.USER_REGISTERED.event).routing_key == "user_registered_queue"
+    assert topology.queues_consumed_by("emailservice") == (topology.USER_REGISTERED,)
+    assert topology.queue_named("report_jobs_queue") is topology.REPORT_JOBS
