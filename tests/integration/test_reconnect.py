@@ -42,10 +42,15 @@ async def test_consumer_resumes_after_its_connection_is_closed_by_force(
         before = await publish_ping("before")
         await eventually(lambda: ping_rows(runtime.database, before.event_id))
 
+        [old_connection] = await eventually(lambda: management.connections_named(consumer_broker.connection_name))
         assert await management.force_close(consumer_broker.connection_name) == 1
-        await eventually(lambda: _is_false(consumer_broker.is_connected), timeout=5, interval=0.01)
-
         after = [await publish_ping(f"after {index}") for index in range(5)]
+
+        async def reconnected() -> bool:
+            connections = await management.connections_named(consumer_broker.connection_name)
+            return [c["name"] for c in connections] not in ([], [old_connection["name"]])
+
+        await eventually(reconnected, timeout=15, message="the service did not open a new connection")
         await eventually(lambda: _is_true(consumer_broker.is_connected), timeout=15, message="no reconnect")
 
         async def all_handled() -> bool:
@@ -62,10 +67,6 @@ async def test_consumer_resumes_after_its_connection_is_closed_by_force(
 
 async def _is_true(value: bool) -> bool:
     return value
-
-
-async def _is_false(value: bool) -> bool:
-    return not value
 
 
 async def _with_consumer(management: Management, queue: str) -> dict | None:
