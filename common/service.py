@@ -66,7 +66,7 @@ UNAVAILABLE_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:  # async: a sync dependency would cost a thread hop
     runtime: Runtime = request.app.state.runtime
     return runtime
 

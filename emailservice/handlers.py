@@ -23,4 +23,4 @@ async def send_welcome_email(event: UserRegistered, ctx: MessageContext[UserRegi
                 event_id=str(event.event_id),
             )
         )
-    log.info("welcome email sent to user %d", event.user_id)
+    log.debug("welcome email sent to user %d", event.user_id)
