@@ -142,6 +142,32 @@ class StockReserved(Event):
     payment_behaviour: PaymentBehaviour | None = None
 
 
+# --- Stock: inventory owns it, the catalogue shows inventory's figure -----------------------------
+
+
+class StockLevelSet(Event):
+    """The catalogue sets a product's sellable stock (`stock` in POST/PUT /products, and the seed).
+    Inventory adjusts `available` to it, recording the difference as a restock (or write-off)."""
+
+    event_type: Literal["StockLevelSet"] = "StockLevelSet"
+    product_id: int
+    available: int = Field(ge=0)
+    # The catalogue version that set it: inventory ignores a set older than one it applied.
+    product_version: int = Field(ge=1)
+
+
+class StockLevelChanged(Event):
+    """Inventory's figures for one product after any change (reservation, release, sale, adjustment)."""
+
+    event_type: Literal["StockLevelChanged"] = "StockLevelChanged"
+    product_id: int
+    available: int = Field(ge=0)
+    reserved: int = Field(ge=0)
+    sold: int = Field(ge=0)
+    # Increases with every change of this product's figures: consumers drop older ones.
+    stock_version: int = Field(ge=1)
+
+
 # --- Scenario 6: buffered ingestion -------------------------------------------------------------
 
 
@@ -161,6 +187,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     GenerateReportJob,
     OrderCreated,
     StockReserved,
+    StockLevelSet,
+    StockLevelChanged,
     ClickTracked,
 )
 

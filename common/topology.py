@@ -38,6 +38,8 @@ from common.events import (
     PaymentFailed,
     PaymentInitiated,
     ProductUpdated,
+    StockLevelChanged,
+    StockLevelSet,
     StockReserved,
     UserRegistered,
 )
@@ -106,7 +108,11 @@ PAYMENT_COMPLETED = Exchange(
 )
 PAYMENT_FAILED = Exchange("payment_failed", ExchangeKind.FANOUT, "Failed saga payments: every participant compensates.")
 
-EXCHANGES: tuple[Exchange, ...] = (PRODUCT_UPDATES, PAYMENT_COMPLETED, PAYMENT_FAILED)
+STOCK_LEVELS = Exchange(
+    "stock_levels", ExchangeKind.FANOUT, "Inventory's stock figures after every change, for whoever shows them."
+)
+
+EXCHANGES: tuple[Exchange, ...] = (PRODUCT_UPDATES, PAYMENT_COMPLETED, PAYMENT_FAILED, STOCK_LEVELS)
 
 
 # --- Queues ----------------------------------------------------------------------------------
@@ -198,6 +204,22 @@ ORDER_PAYMENT_FAILED = ConsumedQueue(
     "Compensation: mark the order failed with the payment's reason.",
 )
 
+# Stock: inventory owns it; the catalogue sets it and shows inventory's figure
+INVENTORY_STOCK_SET = ConsumedQueue(
+    "inventory_stock_set_queue",
+    StockLevelSet,
+    "inventoryservice",
+    DEFAULT_EXCHANGE,
+    "Stock set through the catalogue: inventory adjusts its available figure.",
+)
+PRODUCT_STOCK_LEVELS = ConsumedQueue(
+    "product_stock_levels_queue",
+    StockLevelChanged,
+    "productservice",
+    STOCK_LEVELS,
+    "Inventory's figures, shown as the catalogue's stock.",
+)
+
 # Scenario 6: buffered ingestion
 CLICK_TRACKED = ConsumedQueue(
     "click_tracked_queue",
@@ -219,6 +241,8 @@ QUEUES: tuple[ConsumedQueue, ...] = (
     STOCK_RESERVED,
     INVENTORY_PAYMENT_FAILED,
     ORDER_PAYMENT_FAILED,
+    INVENTORY_STOCK_SET,
+    PRODUCT_STOCK_LEVELS,
     CLICK_TRACKED,
 )
 
@@ -234,6 +258,8 @@ ROUTES: tuple[Route, ...] = (
     Route(GenerateReportJob, DEFAULT_EXCHANGE, REPORT_JOBS.name, ("reportservice",)),
     Route(OrderCreated, DEFAULT_EXCHANGE, ORDER_CREATED.name, ("orderservice",)),
     Route(StockReserved, DEFAULT_EXCHANGE, STOCK_RESERVED.name, ("inventoryservice",)),
+    Route(StockLevelSet, DEFAULT_EXCHANGE, INVENTORY_STOCK_SET.name, ("productservice",)),
+    Route(StockLevelChanged, STOCK_LEVELS, "", ("inventoryservice",)),
     Route(ClickTracked, DEFAULT_EXCHANGE, CLICK_TRACKED.name, ("analyticsservice",)),
 )
 
