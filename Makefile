@@ -12,12 +12,13 @@ STAMP := $(VENV)/.installed
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test lint format procfile lock clean
+.PHONY: help venv run test lint format procfile docs lock clean
 
 help:
 	@echo "make run    - start all ten services (honcho) against the local RabbitMQ and PostgreSQL"
 	@echo "make test   - lint, then run the whole test suite (unit, integration, end-to-end)"
 	@echo "make lint   - ruff"
+	@echo "make docs   - regenerate docs/asyncapi.json and the README diagram from the topology"
 	@echo "make lock   - re-pin requirements*.txt from requirements*.in"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -47,6 +48,10 @@ format: $(STAMP)
 
 procfile: $(STAMP)
 	$(BIN)/python -m devtools.fleet
+
+# Regenerate docs/asyncapi.json and README.md's message-map diagram from common/topology.py.
+docs: $(STAMP)
+	$(BIN)/python -m devtools.docs
 
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -28,7 +28,7 @@ from common.broker import Broker, BrokerUnavailable, build_message
 from common.database import Database, is_dependency_failure, outbox_table
 from common.events import Event
 from common.settings import ServiceSettings
-from common.topology import route_for
+from common.topology import route_for_publisher
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,15 @@ class OutboxRow:
 class UnitOfWork:
     """One database transaction, plus the events to publish if (and only if) it commits."""
 
-    def __init__(self, connection: AsyncConnection, outbox: Table) -> None:
+    def __init__(self, connection: AsyncConnection, outbox: Table, publisher: str) -> None:
         self.connection = connection
         self._outbox = outbox
+        self._publisher = publisher
         self._events: list[Event] = []
 
     def publish(self, event: Event) -> None:
         """Publish `event` once this transaction commits (and never if it rolls back)."""
-        route_for(type(event))  # fail inside the transaction, not in the dispatcher
+        route_for_publisher(type(event), self._publisher)  # fail inside the transaction, not later
         self._events.append(event)
 
     async def write_outbox(self) -> list[OutboxRow]:
@@ -64,7 +65,7 @@ class UnitOfWork:
             return []
         rows = []
         for event in self._events:
-            route = route_for(type(event))
+            route = route_for_publisher(type(event), self._publisher)
             rows.append(
                 {
                     "event_id": str(event.event_id),
@@ -91,7 +92,7 @@ class Outbox:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:
         async with self._database.transaction() as connection:
-            unit = UnitOfWork(connection, self._table)
+            unit = UnitOfWork(connection, self._table, self._settings.service_name)
             yield unit
             rows = await unit.write_outbox()
         # Committed: hand the rows to the dispatcher without making the caller wait for the broker.

@@ -29,6 +29,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common import correlation
+from common.asyncapi import asyncapi_document
 from common.broker import Broker, BrokerUnavailable
 from common.consumer import Consumer, Handler
 from common.database import Database, is_dependency_failure
@@ -217,6 +218,12 @@ def create_service(
             status="ready" if is_ready else "not ready", service=settings.service_name, checks=checks
         )
         return JSONResponse(status_code=200 if is_ready else 503, content=body.model_dump())
+
+    asyncapi = asyncapi_document(settings.service_name)
+
+    @app.get("/asyncapi.json", tags=["operations"], summary="AsyncAPI 3.0: the channels this service uses")
+    async def messaging_contract() -> dict[str, Any]:
+        return asyncapi
 
     for router in routers:
         app.include_router(router)

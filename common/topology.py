@@ -273,6 +273,17 @@ def route_for(event_type: type[Event]) -> Route:
         raise LookupError(f"no route for {event_type.__name__}: add one to common.topology.ROUTES") from None
 
 
+def route_for_publisher(event_type: type[Event], service: str) -> Route:
+    """The route of `event_type`, provided the map lists `service` as one of its publishers: an event
+    published by a service the map does not know of would be invisible in the documented flow."""
+    route = route_for(event_type)
+    if service not in route.publishers:
+        raise LookupError(
+            f"{service} publishes {event_type.__name__}, but common.topology lists only {route.publishers}"
+        )
+    return route
+
+
 def queues_consumed_by(service: str) -> tuple[ConsumedQueue, ...]:
     return tuple(queue for queue in QUEUES if queue.consumer == service)
 

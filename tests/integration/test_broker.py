@@ -50,9 +50,14 @@ async def test_fanout_publish_without_bound_queues_raises(broker: Broker) -> Non
     await channel.close()
 
 
-async def test_publishing_an_event_follows_its_route(broker: Broker, management: Management) -> None:
+async def test_publishing_an_event_follows_its_route(settings: ServiceSettings, management: Management) -> None:
+    user_service = Broker(settings.model_copy(update={"service_name": "userservice"}))
+    await user_service.connect()
     event = UserRegistered(user_id=7, email="route@example.com")
-    await broker.publish(event)
+    try:
+        await user_service.publish(event)
+    finally:
+        await user_service.close()
     taken = await management.take("user_registered_queue", count=50)
     assert str(event.event_id) in {message["properties"]["message_id"] for message in taken}
 
@@ -80,7 +85,7 @@ async def test_topology_declaration_is_idempotent(broker: Broker) -> None:
 
 
 async def test_publish_without_a_connection_is_refused(settings: ServiceSettings) -> None:
-    never_connected = Broker(settings)
+    never_connected = Broker(settings.model_copy(update={"service_name": "userservice"}))
     with pytest.raises(BrokerUnavailable):
         await never_connected.publish(UserRegistered(user_id=1, email="x@example.com"))
     with pytest.raises(BrokerUnavailable):

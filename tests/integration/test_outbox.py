@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from common.database import Database, outbox_table
-from common.events import UserRegistered
+from common.events import ProductUpdated, UserRegistered, utc_now
 from common.outbox import Outbox
 from common.runtime import Runtime
 from tests.integration.conftest import PINGS
@@ -28,6 +28,25 @@ async def outbox_rows(database: Database) -> int:
 async def delivered_ids(management: Management) -> set[str]:
     taken = await management.take("user_registered_queue", count=1000)
     return {message["properties"]["message_id"] for message in taken}
+
+
+@pytest.fixture
+def runtime(runtime: Runtime) -> Runtime:
+    """The outbox as the user service runs it: the topology lists it as UserRegistered's publisher."""
+    settings = runtime.settings.model_copy(update={"service_name": "userservice"})
+    return Runtime(
+        settings=settings,
+        database=runtime.database,
+        broker=runtime.broker,
+        outbox=Outbox(settings, runtime.database, runtime.broker),
+    )
+
+
+async def test_a_service_cannot_publish_what_the_map_does_not_say_it_publishes(runtime: Runtime) -> None:
+    with pytest.raises(LookupError, match="lists only"):
+        async with runtime.outbox.transaction() as unit:
+            unit.publish(ProductUpdated(product_id=1, name="x", stock=1, product_version=1, updated_at=utc_now()))
+    assert await outbox_rows(runtime.database) == 0
 
 
 @pytest.fixture(autouse=True)
