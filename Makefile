@@ -12,13 +12,23 @@ STAMP := $(VENV)/.installed
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test lint format procfile lock clean
+.PHONY: help venv run test lint format procfile lock clean up down logs load
+
+# The Docker path (docker-compose-async.yml); credentials from .env (see .env.example).
+COMPOSE := docker compose -f docker-compose-async.yml
+# `make up UP_ARGS="--scale emailservice=3"`, `make logs SERVICE=emailservice`
+UP_ARGS ?=
+SERVICE ?=
 
 help:
 	@echo "make run    - start all ten services (honcho) against the local RabbitMQ and PostgreSQL"
 	@echo "make test   - lint, then run the whole test suite (unit, integration, end-to-end)"
 	@echo "make lint   - ruff"
 	@echo "make lock   - re-pin requirements*.txt from requirements*.in"
+	@echo "make up     - build the images and start the whole stack in Docker, waiting until it is healthy"
+	@echo "make down   - stop and remove the stack's containers (its data volumes stay)"
+	@echo "make logs   - follow the stack's logs (SERVICE=emailservice for one service)"
+	@echo "make load   - run the k6 load test inside the compose network"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +68,18 @@ lock:
 	  echo "-r requirements.txt"; .lock-venv/bin/pip freeze | grep -v -x -F -f <(grep -v '^#' requirements.txt); } \
 	  > requirements-dev.txt
 	rm -rf .lock-venv
+
+up:
+	$(COMPOSE) up -d --build --wait $(UP_ARGS)
+
+down:
+	$(COMPOSE) --profile load down --remove-orphans
+
+logs:
+	$(COMPOSE) logs -f --tail=100 $(SERVICE)
+
+load:
+	$(COMPOSE) --profile load run --rm k6
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
