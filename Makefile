@@ -12,23 +12,25 @@ STAMP := $(VENV)/.installed
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test lint format procfile lock clean up down logs load
+.PHONY: help venv run test lint format procfile lock clean
 
 # The Docker path (docker-compose-async.yml); credentials from .env (see .env.example).
+# `make up UP_ARGS="--scale emailservice=3"`, `make logs SERVICE=emailservice`, `make load PROFILE=smoke`
+.PHONY: up down logs load
 COMPOSE := docker compose -f docker-compose-async.yml
-# `make up UP_ARGS="--scale emailservice=3"`, `make logs SERVICE=emailservice`
 UP_ARGS ?=
 SERVICE ?=
+PROFILE ?= default
 
 help:
 	@echo "make run    - start all ten services (honcho) against the local RabbitMQ and PostgreSQL"
-	@echo "make test   - lint, then run the whole test suite (unit, integration, end-to-end)"
-	@echo "make lint   - ruff"
-	@echo "make lock   - re-pin requirements*.txt from requirements*.in"
 	@echo "make up     - build the images and start the whole stack in Docker, waiting until it is healthy"
 	@echo "make down   - stop and remove the stack's containers (its data volumes stay)"
 	@echo "make logs   - follow the stack's logs (SERVICE=emailservice for one service)"
-	@echo "make load   - run the k6 load test inside the compose network"
+	@echo "make load   - run the k6 load test inside the compose network (PROFILE=smoke|default|stress)"
+	@echo "make test   - lint, then run the whole test suite (unit, integration, end-to-end)"
+	@echo "make lint   - ruff"
+	@echo "make lock   - re-pin requirements*.txt from requirements*.in"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -79,7 +81,7 @@ logs:
 	$(COMPOSE) logs -f --tail=100 $(SERVICE)
 
 load:
-	$(COMPOSE) --profile load run --rm k6
+	$(COMPOSE) --profile load run --rm -e PROFILE=$(PROFILE) k6
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -382,7 +382,7 @@ def test_grafana_provisioning_matches_the_compose_mounts(services: dict[str, dic
         ("up", "docker compose -f docker-compose-async.yml up -d --build --wait"),
         ("down", "docker compose -f docker-compose-async.yml --profile load down --remove-orphans"),
         ("logs", "docker compose -f docker-compose-async.yml logs -f --tail=100"),
-        ("load", "docker compose -f docker-compose-async.yml --profile load run --rm k6"),
+        ("load", "docker compose -f docker-compose-async.yml --profile load run --rm -e PROFILE=default k6"),
     ],
 )
 def test_make_targets_drive_the_compose_file(target: str, expected: str) -> None:
