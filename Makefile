@@ -14,8 +14,20 @@ PYTEST_ARGS ?=
 
 .PHONY: help venv run test lint format procfile docs lock clean
 
+# The Docker path (docker-compose-async.yml); credentials from .env (see .env.example).
+# `make up UP_ARGS="--scale emailservice=3"`, `make logs SERVICE=emailservice`, `make load PROFILE=smoke`
+.PHONY: up down logs load
+COMPOSE := docker compose -f docker-compose-async.yml
+UP_ARGS ?=
+SERVICE ?=
+PROFILE ?= default
+
 help:
 	@echo "make run    - start all ten services (honcho) against the local RabbitMQ and PostgreSQL"
+	@echo "make up     - build the images and start the whole stack in Docker, waiting until it is healthy"
+	@echo "make down   - stop and remove the stack's containers (its data volumes stay)"
+	@echo "make logs   - follow the stack's logs (SERVICE=emailservice for one service)"
+	@echo "make load   - run the k6 load test inside the compose network (PROFILE=smoke|default|stress)"
 	@echo "make test   - lint, then run the whole test suite (unit, integration, end-to-end)"
 	@echo "make lint   - ruff"
 	@echo "make docs   - regenerate docs/asyncapi.json and the README diagram from the topology"
@@ -63,6 +75,18 @@ lock:
 	  echo "-r requirements.txt"; .lock-venv/bin/pip freeze | grep -v -x -F -f <(grep -v '^#' requirements.txt); } \
 	  > requirements-dev.txt
 	rm -rf .lock-venv
+
+up:
+	$(COMPOSE) up -d --build --wait $(UP_ARGS)
+
+down:
+	$(COMPOSE) --profile load down --remove-orphans
+
+logs:
+	$(COMPOSE) logs -f --tail=100 $(SERVICE)
+
+load:
+	$(COMPOSE) --profile load run --rm -e PROFILE=$(PROFILE) k6
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
