@@ -99,7 +99,7 @@ async def record_audit(event: PaymentCompleted, ctx: MessageContext[PaymentCompl
 async def charge_order(event: StockReserved, ctx: MessageContext[StockReserved]) -> None:
     """The saga's payment step: charge the order (quantity x SAGA_UNIT_PRICE), then announce the outcome."""
     settings = _settings(ctx)
-    await asyncio.sleep(settings.payment_delay_s)
+    await asyncio.sleep(settings.saga_payment_delay_s)
     approved = approves(order_key(event.order_id), event.payment_behaviour, settings.saga_payment_failure_rate)
     payment_id = new_payment_id()
     transaction_id = new_transaction_id() if approved else None

@@ -4,7 +4,7 @@ from typing import Annotated
 from pydantic import Field
 
 from common.events import CurrencyCode
-from common.settings import ServiceSettings
+from common.settings import Seconds, ServiceSettings
 
 Rate = Annotated[float, Field(ge=0, le=1)]
 
@@ -21,6 +21,9 @@ class Settings(ServiceSettings):
     # The catalogue has no prices the saga could use, so a saga order is charged quantity x this.
     saga_unit_price: Annotated[Decimal, Field(gt=0, max_digits=10, decimal_places=2)] = Decimal("10.00")
     saga_currency: CurrencyCode = "USD"
+    # The gateway's delay for a saga charge. Shorter than Scenario 2's PAYMENT_DELAY_S by default so that
+    # the design document's example (create an order, poll it two seconds later) finds the saga finished.
+    saga_payment_delay_s: Seconds = 1.0
     # Payments spend PAYMENT_DELAY_S waiting for the (simulated) gateway without holding anything but
     # a delivery, so the payment queues take many at once: throughput = concurrency / delay.
     payment_worker_concurrency: Annotated[int, Field(ge=1, le=1000)] = 200

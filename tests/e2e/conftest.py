@@ -17,6 +17,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 FAST_FLEET_ENVIRONMENT = {
     "EMAIL_SEND_DELAY_S": "0.05",
     "PAYMENT_DELAY_S": "0.2",
+    "SAGA_PAYMENT_DELAY_S": "0.2",
     "REPORT_CPU_SECONDS": "0.5",
     "RETRY_BASE_DELAY_S": "0.1",
     "OUTBOX_RELAY_GRACE_S": "1",
