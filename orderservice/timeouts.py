@@ -1,9 +1,10 @@
 """The saga timeout: orders still pending after their deadline fail with reason `timeout`.
 
 A background task of the service (opened and closed by its lifespan) looks for overdue orders every
-SAGA_TIMEOUT_CHECK_INTERVAL_S. Failing an order and publishing its OrderCancelled commit together;
-rows are taken with FOR UPDATE SKIP LOCKED, so several replicas share the work and an order whose
-payment outcome is being applied right now is left to that outcome.
+SAGA_TIMEOUT_CHECK_INTERVAL_S, starting one SAGA_TIMEOUT_S after the service started. Failing an
+order and publishing its OrderCancelled commit together; rows are taken with FOR UPDATE SKIP LOCKED,
+so several replicas share the work and an order whose payment outcome is being applied right now is
+left to that outcome.
 """
 
 from __future__ import annotations
@@ -95,14 +96,17 @@ async def fail_overdue_orders(runtime: Runtime) -> int:
 
 async def _watch_forever(runtime: Runtime) -> None:
     settings = order_settings(runtime)
+    # Outcomes that arrived while this service was down are still in its queues: give the consumers
+    # one timeout period to apply them before judging any order late (other replicas keep watching).
+    await asyncio.sleep(settings.saga_timeout_s)
     while True:
-        await asyncio.sleep(settings.saga_timeout_check_interval_s)
         try:
             while await fail_overdue_orders(runtime) >= settings.saga_timeout_batch_size:
                 pass  # a full batch: more may be overdue
         except Exception as exc:
             level = logging.WARNING if is_dependency_failure(exc) else logging.ERROR
             log.log(level, "saga timeout check failed, retrying: %r", exc)
+        await asyncio.sleep(settings.saga_timeout_check_interval_s)
 
 
 @contextlib.asynccontextmanager
