@@ -71,7 +71,7 @@ async def test_design_doc_example_fails_and_compensates(saga: Saga, http: httpx.
     assert (payment["status"], payment["transaction_id"]) == ("failed", None)
 
 
-async def test_paid_order_completes_and_its_reservation_becomes_a_sale(saga: Saga) -> None:
+async def test_paid_order_completes_and_its_reservation_becomes_a_sale(saga: Saga, http: httpx.AsyncClient) -> None:
     product_id = unique_product_id()
     await saga.set_stock(product_id, 10)
 
@@ -94,6 +94,9 @@ async def test_paid_order_completes_and_its_reservation_becomes_a_sale(saga: Sag
     assert payment["status"] == "completed"
     assert (payment["amount"], payment["currency"]) == ("30.00", "USD")
     assert payment["transaction_id"].startswith("txn_")
+
+    metrics = (await http.get(f"{saga.orders_url}/metrics")).text
+    assert 'saga_duration_seconds_count{reason="",status="completed"}' in metrics
 
 
 async def test_failed_payment_releases_exactly_that_orders_reservation(saga: Saga) -> None:
