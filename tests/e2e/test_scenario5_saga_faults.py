@@ -117,6 +117,26 @@ async def test_orders_time_out_while_payment_is_down_and_money_and_stock_add_up_
     assert steps_of(order)[-2:] == ["payment_completed", "payment_refunded"]
     assert "arrived after the order had failed (timeout)" in order["timeline"][-2]["detail"]
 
+    # The cancellation again - the same message, and the same fact as a new event - refunds and
+    # releases nothing more.
+    cancellation = cancellations[late_charge["id"]]
+    handled_before = await saga.consumed("paymentservice", topology.PAYMENT_ORDER_CANCELLED.name, "acked")
+    duplicates_before = await saga.consumed("paymentservice", topology.PAYMENT_ORDER_CANCELLED.name, "duplicate")
+    released_before = await saga.consumed("inventoryservice", topology.INVENTORY_ORDER_CANCELLED.name, "acked")
+    await management.republish(cancellation, topology.PAYMENT_ORDER_CANCELLED.name)
+    for queue in (topology.PAYMENT_ORDER_CANCELLED, topology.INVENTORY_ORDER_CANCELLED):
+        event_id = str(uuid.uuid4())
+        retold = json.dumps({**body_of(cancellation), "event_id": event_id})
+        await management.publish(queue.name, retold, {"message_id": event_id})
+
+    async def cancellations_handled() -> bool:
+        acked = await saga.consumed("paymentservice", topology.PAYMENT_ORDER_CANCELLED.name, "acked")
+        duplicates = await saga.consumed("paymentservice", topology.PAYMENT_ORDER_CANCELLED.name, "duplicate")
+        released = await saga.consumed("inventoryservice", topology.INVENTORY_ORDER_CANCELLED.name, "acked")
+        return acked > handled_before and duplicates > duplicates_before and released > released_before
+
+    await eventually(cancellations_handled, message="the repeated cancellations were not handled")
+
     async def money_and_stock_add_up() -> bool:
         for order_id in ids:
             [payment] = await saga.payments_for(order_id)
