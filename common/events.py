@@ -72,6 +72,8 @@ class PaymentInitiated(Event):
     payment_id: str
     amount: Money
     currency: CurrencyCode
+    # Forces the simulated gateway's answer (demos, tests); None applies PAYMENT_FAILURE_RATE.
+    payment_behaviour: PaymentBehaviour | None = None
 
 
 class PaymentCompleted(Event):
@@ -142,6 +144,58 @@ class StockReserved(Event):
     payment_behaviour: PaymentBehaviour | None = None
 
 
+# --- Scenario 5: the saga's other steps and its compensation -------------------------------------
+
+
+class StockReservationFailed(Event):
+    """Inventory refused the order (`insufficient_stock`, `unknown_product`): no payment is attempted."""
+
+    event_type: Literal["StockReservationFailed"] = "StockReservationFailed"
+    order_id: int
+    product_id: int
+    quantity: int = Field(gt=0)
+    reason: str = Field(min_length=1, max_length=200)
+    # What was available when the reservation was refused (None: inventory does not know the product).
+    available: int | None = Field(default=None, ge=0)
+
+
+class StockReleased(Event):
+    """Inventory gave an order's stock back: its reservation (or, `sale_reversed`, its sale) is undone."""
+
+    event_type: Literal["StockReleased"] = "StockReleased"
+    order_id: int
+    product_id: int
+    quantity: int = Field(gt=0)
+    # Why the order failed: the payment's reason (`payment_declined`) or the cancellation's (`timeout`).
+    reason: str = Field(min_length=1, max_length=200)
+    sale_reversed: bool = False
+
+
+class OrderCancelled(Event):
+    """The order service gave up on an order (`timeout`): every participant undoes its step, and a
+    participant that has not acted yet never will (payment does not charge, inventory does not reserve)."""
+
+    event_type: Literal["OrderCancelled"] = "OrderCancelled"
+    order_id: int
+    product_id: int
+    quantity: int = Field(gt=0)
+    reason: str = Field(min_length=1, max_length=200)
+
+
+class PaymentRefunded(Event):
+    """A charge for an order that was cancelled meanwhile (a late payment after a timeout) was refunded."""
+
+    event_type: Literal["PaymentRefunded"] = "PaymentRefunded"
+    payment_id: str
+    refund_id: str
+    order_id: int
+    product_id: int
+    quantity: int = Field(gt=0)
+    amount: Money
+    currency: CurrencyCode
+    reason: str = Field(min_length=1, max_length=200)
+
+
 # --- Stock: inventory owns it, the catalogue shows inventory's figure -----------------------------
 
 
@@ -187,6 +241,10 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     GenerateReportJob,
     OrderCreated,
     StockReserved,
+    StockReservationFailed,
+    StockReleased,
+    OrderCancelled,
+    PaymentRefunded,
     StockLevelSet,
     StockLevelChanged,
     ClickTracked,

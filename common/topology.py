@@ -33,13 +33,17 @@ from common.events import (
     ClickTracked,
     Event,
     GenerateReportJob,
+    OrderCancelled,
     OrderCreated,
     PaymentCompleted,
     PaymentFailed,
     PaymentInitiated,
+    PaymentRefunded,
     ProductUpdated,
     StockLevelChanged,
     StockLevelSet,
+    StockReleased,
+    StockReservationFailed,
     StockReserved,
     UserRegistered,
 )
@@ -112,7 +116,24 @@ STOCK_LEVELS = Exchange(
     "stock_levels", ExchangeKind.FANOUT, "Inventory's stock figures after every change, for whoever shows them."
 )
 
-EXCHANGES: tuple[Exchange, ...] = (PRODUCT_UPDATES, PAYMENT_COMPLETED, PAYMENT_FAILED, STOCK_LEVELS)
+# Scenario 5, the saga: facts more than one participant reacts to.
+STOCK_RESERVED_EXCHANGE = Exchange(
+    "stock_reserved", ExchangeKind.FANOUT, "Stock reserved for an order: payment charges it, the order logs the step."
+)
+ORDER_CANCELLED_EXCHANGE = Exchange(
+    "order_cancelled",
+    ExchangeKind.FANOUT,
+    "Orders the saga gave up on (timeout): inventory and payment undo or skip their step.",
+)
+
+EXCHANGES: tuple[Exchange, ...] = (
+    PRODUCT_UPDATES,
+    PAYMENT_COMPLETED,
+    PAYMENT_FAILED,
+    STOCK_LEVELS,
+    STOCK_RESERVED_EXCHANGE,
+    ORDER_CANCELLED_EXCHANGE,
+)
 
 
 # --- Queues ----------------------------------------------------------------------------------
@@ -186,7 +207,7 @@ STOCK_RESERVED = ConsumedQueue(
     "stock_reserved_queue",
     StockReserved,
     "paymentservice",
-    DEFAULT_EXCHANGE,
+    STOCK_RESERVED_EXCHANGE,
     "Orders with stock reserved: payment charges them.",
 )
 INVENTORY_PAYMENT_FAILED = ConsumedQueue(
@@ -202,6 +223,69 @@ ORDER_PAYMENT_FAILED = ConsumedQueue(
     "orderservice",
     PAYMENT_FAILED,
     "Compensation: mark the order failed with the payment's reason.",
+)
+
+# --- Scenario 5, the saga: the steps and compensations beyond the design document's four queues ---
+# Success: PaymentCompleted (fanout `payment_completed`) turns the reservation into a sale and
+# completes the order. Refusal: StockReservationFailed fails the order, no payment is attempted.
+# Timeout: the order service publishes OrderCancelled (fanout `order_cancelled`): inventory releases
+# (or never makes) the reservation, payment never charges (or refunds a charge that raced it).
+# The order service also hears every other step, for the saga timeline of GET /orders/{id}.
+INVENTORY_PAYMENT_COMPLETED = ConsumedQueue(
+    "inventory_payment_completed_queue",
+    PaymentCompleted,
+    "inventoryservice",
+    PAYMENT_COMPLETED,
+    "Saga payments settled: the order's reservation becomes a sale (Scenario 2 payments are ignored).",
+)
+ORDER_PAYMENT_COMPLETED = ConsumedQueue(
+    "order_payment_completed_queue",
+    PaymentCompleted,
+    "orderservice",
+    PAYMENT_COMPLETED,
+    "Saga payments settled: the order completes (Scenario 2 payments are ignored).",
+)
+ORDER_STOCK_RESERVED = ConsumedQueue(
+    "order_stock_reserved_queue",
+    StockReserved,
+    "orderservice",
+    STOCK_RESERVED_EXCHANGE,
+    "Stock reserved: a step of the order's saga timeline.",
+)
+ORDER_STOCK_RESERVATION_FAILED = ConsumedQueue(
+    "order_stock_reservation_failed_queue",
+    StockReservationFailed,
+    "orderservice",
+    DEFAULT_EXCHANGE,
+    "Reservation refused (insufficient or unknown stock): the order fails, nothing was charged.",
+)
+ORDER_STOCK_RELEASED = ConsumedQueue(
+    "order_stock_released_queue",
+    StockReleased,
+    "orderservice",
+    DEFAULT_EXCHANGE,
+    "Compensation done by inventory: a step of the order's saga timeline.",
+)
+ORDER_PAYMENT_REFUNDED = ConsumedQueue(
+    "order_payment_refunded_queue",
+    PaymentRefunded,
+    "orderservice",
+    DEFAULT_EXCHANGE,
+    "A late charge of a cancelled order was refunded: a step of the order's saga timeline.",
+)
+INVENTORY_ORDER_CANCELLED = ConsumedQueue(
+    "inventory_order_cancelled_queue",
+    OrderCancelled,
+    "inventoryservice",
+    ORDER_CANCELLED_EXCHANGE,
+    "Cancelled orders: release their reservation (or reverse their sale), or never reserve for them.",
+)
+PAYMENT_ORDER_CANCELLED = ConsumedQueue(
+    "payment_order_cancelled_queue",
+    OrderCancelled,
+    "paymentservice",
+    ORDER_CANCELLED_EXCHANGE,
+    "Cancelled orders: never charge them, or refund a charge that raced the cancellation.",
 )
 
 # Stock: inventory owns it; the catalogue sets it and shows inventory's figure
@@ -241,6 +325,14 @@ QUEUES: tuple[ConsumedQueue, ...] = (
     STOCK_RESERVED,
     INVENTORY_PAYMENT_FAILED,
     ORDER_PAYMENT_FAILED,
+    INVENTORY_PAYMENT_COMPLETED,
+    ORDER_PAYMENT_COMPLETED,
+    ORDER_STOCK_RESERVED,
+    ORDER_STOCK_RESERVATION_FAILED,
+    ORDER_STOCK_RELEASED,
+    ORDER_PAYMENT_REFUNDED,
+    INVENTORY_ORDER_CANCELLED,
+    PAYMENT_ORDER_CANCELLED,
     INVENTORY_STOCK_SET,
     PRODUCT_STOCK_LEVELS,
     CLICK_TRACKED,
@@ -257,7 +349,11 @@ ROUTES: tuple[Route, ...] = (
     Route(ProductUpdated, PRODUCT_UPDATES, "", ("productservice",)),
     Route(GenerateReportJob, DEFAULT_EXCHANGE, REPORT_JOBS.name, ("reportservice",)),
     Route(OrderCreated, DEFAULT_EXCHANGE, ORDER_CREATED.name, ("orderservice",)),
-    Route(StockReserved, DEFAULT_EXCHANGE, STOCK_RESERVED.name, ("inventoryservice",)),
+    Route(StockReserved, STOCK_RESERVED_EXCHANGE, "", ("inventoryservice",)),
+    Route(StockReservationFailed, DEFAULT_EXCHANGE, ORDER_STOCK_RESERVATION_FAILED.name, ("inventoryservice",)),
+    Route(StockReleased, DEFAULT_EXCHANGE, ORDER_STOCK_RELEASED.name, ("inventoryservice",)),
+    Route(OrderCancelled, ORDER_CANCELLED_EXCHANGE, "", ("orderservice",)),
+    Route(PaymentRefunded, DEFAULT_EXCHANGE, ORDER_PAYMENT_REFUNDED.name, ("paymentservice",)),
     Route(StockLevelSet, DEFAULT_EXCHANGE, INVENTORY_STOCK_SET.name, ("productservice",)),
     Route(StockLevelChanged, STOCK_LEVELS, "", ("inventoryservice",)),
     Route(ClickTracked, DEFAULT_EXCHANGE, CLICK_TRACKED.name, ("analyticsservice",)),

@@ -9,6 +9,7 @@ import pytest
 from tests.support.fleet import Fleet
 from tests.support.infra import Infra, isolated_infra
 from tests.support.rabbitmq import Management
+from tests.support.saga import Saga
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
@@ -16,6 +17,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 FAST_FLEET_ENVIRONMENT = {
     "EMAIL_SEND_DELAY_S": "0.05",
     "PAYMENT_DELAY_S": "0.2",
+    "SAGA_PAYMENT_DELAY_S": "0.2",
     "REPORT_CPU_SECONDS": "0.5",
     "RETRY_BASE_DELAY_S": "0.1",
     "OUTBOX_RELAY_GRACE_S": "1",
@@ -52,3 +54,9 @@ async def fleet(infra: Infra) -> AsyncIterator[Fleet]:
 async def http() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=10.0) as client:
         yield client
+
+
+@pytest.fixture
+def saga(fleet: Fleet, http: httpx.AsyncClient, management: Management) -> Saga:
+    """Orders, stock and payments of the Scenario 5 saga, as a user and the catalogue drive them."""
+    return Saga(fleet, http, management)

@@ -50,6 +50,8 @@ class Fleet:
         self.services = {service.name: service for service in services}
         self.ports = {name: free_port() for name in self.services}
         self._environment = dict(environment or {})
+        self._overrides: dict[str, dict[str, str]] = {}
+        self._replica_of: dict[str, str] = {}
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def url(self, name: str) -> str:
@@ -60,11 +62,14 @@ class Fleet:
         # The venv's executables (uvicorn), as `make` puts them on PATH for honcho.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.update(self._environment)
+        env.update(self._overrides.get(self._replica_of.get(name, name), {}))
         env["RABBITMQ_URL"] = self.infra.rabbitmq_url
         env["DATABASE_URL"] = self.infra.database_url
         env["PYTHONUNBUFFERED"] = "1"
-        for service_name, port in self.ports.items():
-            env[SERVICES_BY_NAME[service_name].port_variable] = str(port)
+        for service_name in self.services:
+            env[SERVICES_BY_NAME[service_name].port_variable] = str(self.ports[service_name])
+        if name in self._replica_of:
+            env[SERVICES_BY_NAME[self._replica_of[name]].port_variable] = str(self.ports[name])
         return env
 
     def log_path(self, name: str) -> Path:
@@ -87,9 +92,10 @@ class Fleet:
         for name in names:
             if self.is_running(name):
                 continue
+            spec = self.services[self._replica_of.get(name, name)]
             log_file = self.log_path(name).open("ab")
             self._processes[name] = subprocess.Popen(
-                ["/bin/sh", "-c", self.services[name].command()],
+                ["/bin/sh", "-c", spec.command()],
                 env=self.environment(name),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -110,6 +116,22 @@ class Fleet:
                         return time.monotonic() - started
                 await asyncio.sleep(0.2)
         raise ServiceFailedToStart(f"{name} not ready after {timeout:.0f}s:\n{self.log_tail(name)}")
+
+    async def restart(self, name: str, environment: Mapping[str, str] | None = None) -> None:
+        """Stop `name` gracefully and start it again with `environment` on top of the fleet's own
+        (e.g. a short SAGA_TIMEOUT_S for one test); `restart(name)` goes back to the fleet's settings."""
+        await self.stop(name)
+        self._overrides[name] = dict(environment or {})
+        await self.start(name)
+
+    async def start_replica(self, name: str, replica: int = 2) -> str:
+        """Start another process of service `name` (same command and settings, a port of its own),
+        as scaling it out would; return its name (for `url`, `stop`, `kill`)."""
+        replica_name = f"{name}-{replica}"
+        self._replica_of[replica_name] = name
+        self.ports.setdefault(replica_name, free_port())
+        await self.start(replica_name)
+        return replica_name
 
     async def stop(self, name: str) -> None:
         """Graceful stop (SIGTERM, as Ctrl-C under honcho): in-flight work finishes first."""

@@ -54,6 +54,49 @@ class Management:
         response.raise_for_status()
         return list(response.json())
 
+    async def publish(
+        self, queue: str, payload: str, properties: dict[str, Any] | None = None, *, exchange: str = ""
+    ) -> None:
+        """Publish a message as a tool or another service would: to `exchange` (the default one routes
+        by queue name) with routing key `queue`. Persistent JSON unless `properties` say otherwise."""
+        target = quote(exchange or "amq.default", safe="")
+        response = await self._client.post(
+            f"/api/exchanges/{self._vhost}/{target}/publish",
+            json={
+                "properties": {"delivery_mode": 2, "content_type": "application/json", **(properties or {})},
+                "routing_key": queue,
+                "payload": payload,
+                "payload_encoding": "string",
+            },
+        )
+        response.raise_for_status()
+        assert response.json().get("routed"), f"nothing took the message published to {queue!r}"
+
+    async def republish(self, message: dict[str, Any], queue: str) -> None:
+        """Put a message read with `take`/`peek` into `queue` again, byte for byte, with its properties."""
+        properties = {key: value for key, value in message["properties"].items() if key != "headers"}
+        headers = {
+            key: value for key, value in message["properties"].get("headers", {}).items() if not key.startswith("x-")
+        }
+        await self.publish(queue, message["payload"], {**properties, "headers": headers})
+
+    async def tap(self, exchange: str, name: str) -> None:
+        """Bind a queue of the test's own to `exchange`, to see what is published there."""
+        queue = quote(name, safe="")
+        response = await self._client.put(
+            f"/api/queues/{self._vhost}/{queue}", json={"durable": False, "auto_delete": False}
+        )
+        response.raise_for_status()
+        response = await self._client.post(
+            f"/api/bindings/{self._vhost}/e/{quote(exchange, safe='')}/q/{queue}", json={"routing_key": ""}
+        )
+        response.raise_for_status()
+
+    async def delete_queue(self, name: str) -> None:
+        response = await self._client.delete(f"/api/queues/{self._vhost}/{quote(name, safe='')}")
+        if response.status_code != 404:
+            response.raise_for_status()
+
     async def connections_named(self, connection_name: str) -> list[dict[str, Any]]:
         response = await self._client.get(f"/api/vhosts/{self._vhost}/connections")
         response.raise_for_status()

@@ -1,0 +1,271 @@
+"""InventoryService's saga steps: reserve, sell, release, and apply the catalogue's stock figure.
+
+Every change to a product's figures is one conditional UPDATE of its `stock` row (row-locked by
+PostgreSQL), so concurrent orders never oversell and never lose each other's updates; what inventory
+did for each order is one row of `reservations`, moved only along reserved -> sold | released,
+sold -> returned, so a duplicate or late saga event finds nothing left to do. Each change publishes
+StockLevelChanged (with the row's new `stock_version`) in the same transaction, through the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Row, case, func, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from common.consumer import MessageContext
+from common.events import (
+    OrderCancelled,
+    OrderCreated,
+    PaymentCompleted,
+    PaymentFailed,
+    StockLevelChanged,
+    StockLevelSet,
+    StockReleased,
+    StockReservationFailed,
+    StockReserved,
+)
+from common.outbox import UnitOfWork
+from inventoryservice.tables import reservations, stock
+
+log = logging.getLogger(__name__)
+
+INSUFFICIENT_STOCK = "insufficient_stock"
+UNKNOWN_PRODUCT = "unknown_product"
+
+_FIGURES = (stock.c.product_id, stock.c.available, stock.c.reserved, stock.c.sold, stock.c.stock_version)
+
+
+def _announce(unit: UnitOfWork, figures: Row) -> None:
+    unit.publish(
+        StockLevelChanged(
+            product_id=figures.product_id,
+            available=figures.available,
+            reserved=figures.reserved,
+            sold=figures.sold,
+            stock_version=figures.stock_version,
+        )
+    )
+
+
+async def _move_stock(
+    connection: AsyncConnection, product_id: int, *, available: int = 0, reserved: int = 0, sold: int = 0
+) -> Row:
+    """Shift quantities between a product's figures in one statement; the checks refuse a negative result."""
+    figures = (
+        await connection.execute(
+            update(stock)
+            .where(stock.c.product_id == product_id)
+            .values(
+                available=stock.c.available + available,
+                reserved=stock.c.reserved + reserved,
+                sold=stock.c.sold + sold,
+                stock_version=stock.c.stock_version + 1,
+                updated_at=func.now(),
+            )
+            .returning(*_FIGURES)
+        )
+    ).first()
+    if figures is None:
+        raise LookupError(f"product {product_id} has a reservation but no stock row")
+    return figures
+
+
+async def reserve_stock(event: OrderCreated, ctx: MessageContext[OrderCreated]) -> None:
+    async with ctx.transaction() as unit:
+        claimed = await unit.connection.scalar(
+            pg_insert(reservations)
+            .values(order_id=event.order_id, product_id=event.product_id, quantity=event.quantity, status="reserved")
+            .on_conflict_do_nothing(index_elements=["order_id"])
+            .returning(reservations.c.order_id)
+        )
+        if claimed is None:
+            log.info("order %d was already handled (or cancelled): reserving nothing", event.order_id)
+            return
+        figures = (
+            await unit.connection.execute(
+                update(stock)
+                .where(stock.c.product_id == event.product_id, stock.c.available >= event.quantity)
+                .values(
+                    available=stock.c.available - event.quantity,
+                    reserved=stock.c.reserved + event.quantity,
+                    stock_version=stock.c.stock_version + 1,
+                    updated_at=func.now(),
+                )
+                .returning(*_FIGURES)
+            )
+        ).first()
+        if figures is None:
+            available = await unit.connection.scalar(
+                select(stock.c.available).where(stock.c.product_id == event.product_id)
+            )
+            reason = UNKNOWN_PRODUCT if available is None else INSUFFICIENT_STOCK
+            await unit.connection.execute(
+                update(reservations)
+                .where(reservations.c.order_id == event.order_id)
+                .values(status="rejected", reason=reason, updated_at=func.now())
+            )
+            unit.publish(
+                StockReservationFailed(
+                    order_id=event.order_id,
+                    product_id=event.product_id,
+                    quantity=event.quantity,
+                    reason=reason,
+                    available=available,
+                )
+            )
+            return
+        unit.publish(
+            StockReserved(
+                order_id=event.order_id,
+                product_id=event.product_id,
+                quantity=event.quantity,
+                payment_behaviour=event.payment_behaviour,
+            )
+        )
+        _announce(unit, figures)
+
+
+async def sell_reserved_stock(event: PaymentCompleted, ctx: MessageContext[PaymentCompleted]) -> None:
+    if event.order_id is None:
+        return  # a Scenario 2 payment: no order, no stock
+    async with ctx.transaction() as unit:
+        sold = (
+            await unit.connection.execute(
+                update(reservations)
+                .where(reservations.c.order_id == event.order_id, reservations.c.status == "reserved")
+                .values(status="sold", updated_at=func.now())
+                .returning(reservations.c.product_id, reservations.c.quantity)
+            )
+        ).first()
+        if sold is None:
+            log.info("order %d has no reserved stock left to sell (released or sold already)", event.order_id)
+            return
+        _announce(
+            unit, await _move_stock(unit.connection, sold.product_id, reserved=-sold.quantity, sold=sold.quantity)
+        )
+
+
+async def release_for_failed_payment(event: PaymentFailed, ctx: MessageContext[PaymentFailed]) -> None:
+    """Compensation: give back exactly this order's reservation (as recorded here, not as the event says)."""
+    async with ctx.transaction() as unit:
+        released = (
+            await unit.connection.execute(
+                update(reservations)
+                .where(reservations.c.order_id == event.order_id, reservations.c.status == "reserved")
+                .values(status="released", reason=event.reason, updated_at=func.now())
+                .returning(reservations.c.product_id, reservations.c.quantity)
+            )
+        ).first()
+        if released is None:
+            log.info("order %d has no reservation left to release", event.order_id)
+            return
+        figures = await _move_stock(
+            unit.connection, released.product_id, available=released.quantity, reserved=-released.quantity
+        )
+        unit.publish(
+            StockReleased(
+                order_id=event.order_id,
+                product_id=released.product_id,
+                quantity=released.quantity,
+                reason=event.reason,
+            )
+        )
+        _announce(unit, figures)
+
+
+async def cancel_order_stock(event: OrderCancelled, ctx: MessageContext[OrderCancelled]) -> None:
+    """The saga gave up on the order: release its reservation, reverse its sale (the payment service
+    refunds that charge), or - if its OrderCreated has not arrived yet - make sure it never reserves."""
+    async with ctx.transaction() as unit:
+        tombstone = await unit.connection.scalar(
+            pg_insert(reservations)
+            .values(
+                order_id=event.order_id,
+                product_id=event.product_id,
+                quantity=event.quantity,
+                status="cancelled",
+                reason=event.reason,
+            )
+            .on_conflict_do_nothing(index_elements=["order_id"])
+            .returning(reservations.c.order_id)
+        )
+        if tombstone is not None:
+            log.info("order %d cancelled before inventory saw it: it will reserve nothing", event.order_id)
+            return
+        was_sold = reservations.c.status == "sold"
+        undone = (
+            await unit.connection.execute(
+                update(reservations)
+                .where(reservations.c.order_id == event.order_id, reservations.c.status.in_(("reserved", "sold")))
+                .values(
+                    status=case((was_sold, literal("returned")), else_=literal("released")),
+                    reason=event.reason,
+                    updated_at=func.now(),
+                )
+                .returning(reservations.c.product_id, reservations.c.quantity, reservations.c.status)
+            )
+        ).first()
+        if undone is None:
+            return  # refused, released or returned already: nothing is held for it
+        sale_reversed = undone.status == "returned"
+        figures = await _move_stock(
+            unit.connection,
+            undone.product_id,
+            available=undone.quantity,
+            reserved=0 if sale_reversed else -undone.quantity,
+            sold=-undone.quantity if sale_reversed else 0,
+        )
+        unit.publish(
+            StockReleased(
+                order_id=event.order_id,
+                product_id=undone.product_id,
+                quantity=undone.quantity,
+                reason=event.reason,
+                sale_reversed=sale_reversed,
+            )
+        )
+        _announce(unit, figures)
+
+
+async def set_stock_level(event: StockLevelSet, ctx: MessageContext[StockLevelSet]) -> None:
+    """The catalogue sets the sellable figure: `available` becomes it, and the difference counts as a
+    restock (or a write-off) in `total`, so the identity holds. A set older than the last applied one
+    (or a repeat of it) changes nothing, whatever order the broker delivers them in."""
+    async with ctx.transaction() as unit:
+        figures = (
+            await unit.connection.execute(
+                pg_insert(stock)
+                .values(
+                    product_id=event.product_id,
+                    available=event.available,
+                    reserved=0,
+                    sold=0,
+                    total=event.available,
+                    product_version=event.product_version,
+                    stock_version=1,
+                )
+                .on_conflict_do_update(
+                    index_elements=["product_id"],
+                    set_={
+                        "total": stock.c.total + (event.available - stock.c.available),
+                        "available": event.available,
+                        "product_version": event.product_version,
+                        "stock_version": stock.c.stock_version + 1,
+                        "updated_at": func.now(),
+                    },
+                    where=stock.c.product_version < event.product_version,
+                )
+                .returning(*_FIGURES)
+            )
+        ).first()
+        if figures is None:
+            log.info(
+                "ignoring stock set for product %d at catalogue version %d: a newer one is applied",
+                event.product_id,
+                event.product_version,
+            )
+            return
+        _announce(unit, figures)

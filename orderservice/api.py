@@ -1,0 +1,165 @@
+import uuid
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query, status
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, insert, select
+
+from common.correlation import current_correlation_id
+from common.events import OrderCreated, PaymentBehaviour
+from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+from orderservice.tables import order_steps, orders
+from orderservice.timeouts import order_settings
+
+router = APIRouter(tags=["orders"])
+
+MAX_QUANTITY = 1000
+MAX_PAGE = 500
+MAX_ID = 2**31 - 1
+OrderStatus = Literal["pending", "completed", "failed"]
+
+
+class CreateOrderRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: int = Field(strict=True, ge=1, le=MAX_ID, examples=[1])
+    quantity: int = Field(strict=True, ge=1, le=MAX_QUANTITY, examples=[1])
+    payment_behaviour: PaymentBehaviour | None = Field(
+        default=None,
+        description="For demos and tests: force the simulated payment to succeed or fail. Without it, "
+        "SAGA_PAYMENT_FAILURE_RATE decides (1 by default: the payment fails and compensation runs, as in the "
+        "design document's example).",
+    )
+
+
+class OrderAccepted(BaseModel):
+    id: int = Field(examples=[456])
+    product_id: int = Field(examples=[1])
+    quantity: int = Field(examples=[1])
+    status: Literal["pending"] = "pending"
+
+
+class OrderSummary(BaseModel):
+    id: int = Field(examples=[456])
+    product_id: int = Field(examples=[1])
+    quantity: int = Field(examples=[1])
+    status: OrderStatus = Field(
+        description="`pending` while the saga runs; `completed` once paid; `failed` with `failure_reason`."
+    )
+    failure_reason: str | None = Field(
+        default=None,
+        description="`insufficient_stock`, `unknown_product` (nothing was charged), `payment_declined` (the "
+        "reservation is released), or `timeout` (not settled within SAGA_TIMEOUT_S: stock released, never "
+        "charged or refunded).",
+        examples=["payment_declined"],
+    )
+    payment_behaviour: PaymentBehaviour | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SagaStep(BaseModel):
+    step: str = Field(examples=["stock_reserved"])
+    event_type: str = Field(examples=["StockReserved"])
+    service: str = Field(description="The service that took the step.", examples=["inventoryservice"])
+    at: datetime = Field(description="When the step happened (the event's `occurred_at`).")
+    detail: str = Field(examples=["1 of product 1 reserved"])
+    event_id: str
+
+
+class Order(OrderSummary):
+    timeline: list[SagaStep] = Field(description="The saga's steps as this service heard of them, in order.")
+
+
+@router.post(
+    "/create_order",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Place an order; the saga (reserve stock, charge, compensate) runs in the background",
+    description="Returns at once with the order `pending`; poll `GET /orders/{id}` for its status and timeline.",
+    responses=UNAVAILABLE_RESPONSE,
+)
+async def create_order(request: CreateOrderRequest, runtime: RuntimeDep) -> OrderAccepted:
+    timeout = timedelta(seconds=order_settings(runtime).saga_timeout_s)
+    event_id = uuid.uuid4()
+    correlation_id = current_correlation_id()
+    async with runtime.outbox.transaction() as unit:
+        order_id = await unit.connection.scalar(
+            insert(orders)
+            .values(
+                product_id=request.product_id,
+                quantity=request.quantity,
+                payment_behaviour=request.payment_behaviour,
+                correlation_id=correlation_id,
+                created_event_id=str(event_id),
+                deadline=func.now() + timeout,
+            )
+            .returning(orders.c.id)
+        )
+        unit.publish(
+            OrderCreated(
+                event_id=event_id,
+                correlation_id=correlation_id,
+                order_id=order_id,
+                product_id=request.product_id,
+                quantity=request.quantity,
+                payment_behaviour=request.payment_behaviour,
+            )
+        )
+    return OrderAccepted(id=order_id, product_id=request.product_id, quantity=request.quantity)
+
+
+@router.get(
+    "/orders/{order_id}",
+    summary="An order: its status, failure reason and saga timeline",
+    responses={404: {"model": ErrorResponse, "description": "No such order."}, **UNAVAILABLE_RESPONSE},
+)
+async def read_order(order_id: Annotated[int, Path(ge=1, le=MAX_ID)], runtime: RuntimeDep) -> Order:
+    async with runtime.database.engine.connect() as connection:
+        order = (await connection.execute(select(orders).where(orders.c.id == order_id))).first()
+        if order is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"order {order_id} not found")
+        steps = (
+            await connection.execute(
+                select(order_steps)
+                .where(order_steps.c.order_id == order_id)
+                .order_by(order_steps.c.occurred_at, order_steps.c.id)
+            )
+        ).all()
+    created = SagaStep(
+        step="order_created",
+        event_type=OrderCreated.type_name(),
+        service="orderservice",
+        at=order.created_at,
+        detail=f"{order.quantity} of product {order.product_id} ordered",
+        event_id=order.created_event_id,
+    )
+    timeline = [created] + [
+        SagaStep(
+            step=step.step,
+            event_type=step.event_type,
+            service=step.service,
+            at=step.occurred_at,
+            detail=step.detail,
+            event_id=step.event_id,
+        )
+        for step in steps
+    ]
+    return Order.model_validate({**order._mapping, "timeline": timeline})
+
+
+@router.get("/orders", summary="Orders, newest first, optionally by status or product", responses=UNAVAILABLE_RESPONSE)
+async def list_orders(
+    runtime: RuntimeDep,
+    status_filter: OrderStatus | None = Query(default=None, alias="status", description="Only orders in this status."),
+    product_id: int | None = Query(default=None, ge=1, le=MAX_ID, description="Only orders of this product."),
+    limit: int = Query(default=100, ge=1, le=MAX_PAGE),
+) -> list[OrderSummary]:
+    query = select(orders).order_by(orders.c.id.desc()).limit(limit)
+    if status_filter is not None:
+        query = query.where(orders.c.status == status_filter)
+    if product_id is not None:
+        query = query.where(orders.c.product_id == product_id)
+    async with runtime.database.engine.connect() as connection:
+        rows = (await connection.execute(query)).all()
+    return [OrderSummary.model_validate(row._mapping) for row in rows]
