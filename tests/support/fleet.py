@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 
 import httpx
@@ -50,6 +50,7 @@ class Fleet:
         self.services = {service.name: service for service in services}
         self.ports = {name: free_port() for name in self.services}
         self._environment = dict(environment or {})
+        self._overrides: dict[str, dict[str, str]] = {}
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def url(self, name: str) -> str:
@@ -60,12 +61,54 @@ class Fleet:
         # The venv's executables (uvicorn), as `make` puts them on PATH for honcho.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.update(self._environment)
+        env.update(self._overrides.get(name, {}))
         env["RABBITMQ_URL"] = self.infra.rabbitmq_url
         env["DATABASE_URL"] = self.infra.database_url
         env["PYTHONUNBUFFERED"] = "1"
         for service_name, port in self.ports.items():
-            env[SERVICES_BY_NAME[service_name].port_variable] = str(port)
+            if service_name in SERVICES_BY_NAME:
+                env[SERVICES_BY_NAME[service_name].port_variable] = str(port)
+        env[self.services[name].port_variable] = str(self.ports[name])  # a replica's own port
         return env
+
+    def add_replica(self, name: str) -> str:
+        """Register one more instance of service `name` (same vhost and database, a port of its own) and
+        return the name to `start`, `stop`, `kill` and `url` it by, e.g. `analyticsservice#2`."""
+        index = 2
+        while f"{name}#{index}" in self.services:
+            index += 1
+        replica = f"{name}#{index}"
+        self.services[replica] = self.services[name]
+        self.ports[replica] = free_port()
+        return replica
+
+    @contextlib.asynccontextmanager
+    async def reconfigured(self, name: str, environment: Mapping[str, str]) -> AsyncIterator[None]:
+        """Restart `name` with `environment` added for the duration of the block, then restart it as it was."""
+        await self.stop(name)
+        try:
+            await self.start(name, environment=environment)
+            yield
+        finally:
+            await self.stop(name)
+            await self.start(name)
+
+    def worker_processes(self, name: str) -> list[int]:
+        """Ids of the worker processes `name` started with multiprocessing (its `spawn` children)."""
+        parent = self.pid(name)
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue  # gone meanwhile
+            parent_of_entry = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent_of_entry == parent and "spawn_main" in command:
+                found.append(int(entry.name))
+        return found
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
@@ -81,12 +124,14 @@ class Fleet:
     def pid(self, name: str) -> int:
         return self._processes[name].pid
 
-    async def start(self, *names: str) -> None:
-        """Start the named services (all by default) and wait until each answers /ready with 200."""
-        names = names or tuple(self.services)
+    async def start(self, *names: str, environment: Mapping[str, str] | None = None) -> None:
+        """Start the named services (all by default) and wait until each answers /ready with 200.
+        `environment` is added to theirs until they are started again without it."""
+        names = names or tuple(name for name in self.services if name in SERVICES_BY_NAME)
         for name in names:
             if self.is_running(name):
                 continue
+            self._overrides[name] = dict(environment or {})
             log_file = self.log_path(name).open("ab")
             self._processes[name] = subprocess.Popen(
                 ["/bin/sh", "-c", self.services[name].command()],
