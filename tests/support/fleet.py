@@ -32,6 +32,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` itself holds the listening socket on `port` (Linux: /proc)."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    listening.add(f"socket:[{fields[9]}]")
+    with contextlib.suppress(OSError):
+        for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(descriptor) in listening:
+                    return True
+    return False
+
+
 class ServiceFailedToStart(RuntimeError):
     pass
 
@@ -132,6 +158,9 @@ class Fleet:
             if self.is_running(name):
                 continue
             self._overrides[name] = dict(environment or {})
+            if not port_is_free(self.ports[name]):
+                # Released by an earlier stop and taken since (other test runs share the machine).
+                self.ports[name] = free_port()
             log_file = self.log_path(name).open("ab")
             self._processes[name] = subprocess.Popen(
                 ["/bin/sh", "-c", self.services[name].command()],
@@ -144,14 +173,17 @@ class Fleet:
         await asyncio.gather(*(self.wait_ready(name) for name in names))
 
     async def wait_ready(self, name: str, timeout: float = READY_TIMEOUT_S) -> float:
-        """Wait for /ready to answer 200; return how long it took."""
+        """Wait for /ready to answer 200 from this very process (not another run's service that took
+        the port meanwhile); return how long it took. URLs can change across restarts: use `url()`."""
         started = time.monotonic()
         async with httpx.AsyncClient(timeout=2.0) as client:
             while time.monotonic() - started < timeout:
                 if not self.is_running(name):
                     raise ServiceFailedToStart(f"{name} exited:\n{self.log_tail(name)}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.url(name)}/ready")).status_code == 200:
+                    if listens_on(self.pid(name), self.ports[name]) and (
+                        (await client.get(f"{self.url(name)}/ready")).status_code == 200
+                    ):
                         return time.monotonic() - started
                 await asyncio.sleep(0.2)
         raise ServiceFailedToStart(f"{name} not ready after {timeout:.0f}s:\n{self.log_tail(name)}")
