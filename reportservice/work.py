@@ -5,14 +5,18 @@ Only the standard library is imported here: every worker process imports this mo
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any
 
 _ROUNDS_PER_CLOCK_CHECK = 1000
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class ReportFailed(Exception):
@@ -40,12 +44,24 @@ def hash_for(digest: bytes, cpu_seconds: float, failure: str | None = None) -> b
     return digest
 
 
-def prepare_worker(niceness: int) -> None:
-    """Worker initializer. Ctrl-C and SIGTERM reach the whole process group, but only the service
-    decides when its workers stop (after in-flight jobs are finished or handed back). A lower CPU
-    priority keeps background hashing from delaying the service's own answers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def prepare_worker(niceness: int, service_pid: int) -> None:
+    """Worker initializer.
+
+    - A process group of its own: Ctrl-C or a SIGTERM sent to the service's group (honcho, the test
+      harness) must not kill a job mid-way; the service stops its workers itself, after in-flight
+      jobs. Signals sent to the worker itself keep their default effect (a broken pool stops its
+      remaining workers with SIGTERM).
+    - If the service dies (SIGKILL, out of memory), the kernel kills its workers too (Linux), so none
+      is left behind hashing or waiting for work that will never come.
+    - A lower CPU priority keeps background hashing from delaying the service's own answers.
+    """
+    os.setpgrp()
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != service_pid:  # the service died before the request took effect
+            os._exit(1)
     os.nice(niceness)
 
 
