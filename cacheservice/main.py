@@ -1,7 +1,10 @@
 from fastapi import FastAPI
 
+from cacheservice.api import router
+from cacheservice.handlers import refresh_cached_product
 from cacheservice.settings import Settings
 from cacheservice.tables import metadata
+from common import topology
 from common.service import create_service
 
 
@@ -9,8 +12,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return create_service(
         settings or Settings(),
         title="CacheService",
-        description="Scenario 3 (fan-out consumer): the product cache.",
+        description="Scenario 3 (fan-out consumer): the product cache. Every `ProductUpdated` from "
+        "`cache_product_updates_queue` refreshes the cached copy with the product's new state (the event "
+        "carries all of it); an older or repeated version never replaces a newer one. "
+        "`GET /cache/products/{id}` shows the entry.",
         metadata=metadata,
+        routers=[router],
+        subscriptions={topology.CACHE_PRODUCT_UPDATES: refresh_cached_product},
     )
 
 

@@ -1,3 +1,21 @@
+from sqlalchemy import Column, DateTime, Integer, Numeric, Table, Text, func
+
 from common.database import service_metadata
 
 metadata = service_metadata("cacheservice")
+
+# In PostgreSQL rather than in process memory: every replica of the cache service consumes a share of
+# the same queue, so only a shared store shows every update whichever replica a read reaches.
+cached_products = Table(
+    "cached_products",
+    metadata,
+    Column("product_id", Integer, primary_key=True, autoincrement=False),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=True),
+    Column("price", Numeric(12, 2), nullable=True),
+    Column("stock", Integer, nullable=False),
+    # The catalogue version cached: an update carrying an older or equal version is ignored.
+    Column("product_version", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("cached_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -12,27 +12,33 @@ The consumer acknowledges only after the handler's transaction committed. Idempo
 event id is recorded in `processed_events` inside that same transaction, so a redelivered or
 duplicated event is recognised and acknowledged without its effects being applied again.
 A malformed or schema-invalid message is dead-lettered at once, with the reason in its headers.
+
+High-volume queues can be consumed in batches (`Batched`): the handler takes a list of events
+and commits them in one transaction, with the same guarantees per message. See `BatchConsumer`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, get_args, get_origin
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, ConsumerTag
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common import correlation, metrics
 from common.broker import PUBLISHED_AT_HEADER, BrokerUnavailable
-from common.database import is_dependency_failure, processed_events_table
+from common.database import Database, is_dependency_failure, processed_events_table
 from common.events import Event
 from common.outbox import UnitOfWork
 from common.runtime import Resources, Runtime
@@ -86,43 +92,126 @@ class MessageContext(Generic[EventT]):
         record. Raises `DuplicateDelivery` before the body runs if the event was already handled."""
         if self.committed:
             raise RuntimeError("a handler commits its effects in one transaction")
-        processed = processed_events_table(self._runtime.database.metadata)
         async with self._runtime.outbox.transaction() as unit:
-            recorded = await unit.connection.execute(
-                pg_insert(processed)
-                .values(consumer=self.queue.name, event_id=str(self.event.event_id))
-                .on_conflict_do_nothing()
-                .returning(processed.c.event_id)
-            )
-            if recorded.first() is None:
+            if not await _record_processed(unit.connection, self._runtime.database, self.queue, [self.event]):
                 raise DuplicateDelivery
             yield unit
         self.committed = True
 
     async def already_processed(self) -> bool:
-        processed = processed_events_table(self._runtime.database.metadata)
-        async with self._runtime.database.engine.connect() as connection:
-            found = await connection.execute(
-                select(processed.c.event_id).where(
-                    processed.c.consumer == self.queue.name,
-                    processed.c.event_id == str(self.event.event_id),
-                )
+        return bool(await _already_processed(self._runtime.database, self.queue, [self.event]))
+
+
+async def _record_processed(
+    connection: AsyncConnection, database: Database, queue: ConsumedQueue, events: Sequence[Event]
+) -> bool:
+    """Record `events` as processed by `queue`'s consumer; False if any of them already was."""
+    processed: Table = processed_events_table(database.metadata)
+    # Sorted, so two transactions recording overlapping sets lock their rows in the same order.
+    event_ids = sorted({str(event.event_id) for event in events})
+    recorded = await connection.execute(
+        pg_insert(processed)
+        .values([{"consumer": queue.name, "event_id": event_id} for event_id in event_ids])
+        .on_conflict_do_nothing()
+        .returning(processed.c.event_id)
+    )
+    return len(recorded.all()) == len(event_ids)
+
+
+async def _already_processed(database: Database, queue: ConsumedQueue, events: Sequence[Event]) -> set[str]:
+    """The ids among `events` that `queue`'s consumer has already processed."""
+    processed: Table = processed_events_table(database.metadata)
+    async with database.engine.connect() as connection:
+        found = await connection.execute(
+            select(processed.c.event_id).where(
+                processed.c.consumer == queue.name,
+                processed.c.event_id.in_([str(event.event_id) for event in events]),
             )
-            return found.first() is not None
+        )
+        return {str(event_id) for event_id in found.scalars()}
+
+
+class BatchContext(Generic[EventT]):
+    """What a batch handler gets besides its events: settings, resources and one transaction."""
+
+    def __init__(self, queue: ConsumedQueue, events: Sequence[EventT], runtime: Runtime) -> None:
+        self.queue = queue
+        self.events = events
+        self._runtime = runtime
+        self.committed = False
+
+    @property
+    def settings(self) -> ServiceSettings:
+        return self._runtime.settings
+
+    @property
+    def resources(self) -> Resources:
+        return self._runtime.resources
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[UnitOfWork]:
+        """The batch's effects, committed together with the processed-event record of every event in
+        it. Raises `DuplicateDelivery` before the body runs if another consumer (a replica) handled
+        any of them meanwhile; the consumer then runs the handler again without those."""
+        if self.committed:
+            raise RuntimeError("a batch handler commits its effects in one transaction")
+        async with self._runtime.outbox.transaction() as unit:
+            if not await _record_processed(unit.connection, self._runtime.database, self.queue, self.events):
+                raise DuplicateDelivery
+            yield unit
+        self.committed = True
 
 
 Handler = Callable[[EventT, MessageContext[EventT]], Awaitable[None]]
+BatchHandler = Callable[[Sequence[EventT], BatchContext[EventT]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Batched(Generic[EventT]):
+    """Subscribe a batch handler: deliveries are collected until `max_size` are waiting or the
+    oldest has waited `max_wait_s`, then handled together in one transaction."""
+
+    handler: BatchHandler[EventT]
+    max_size: int
+    max_wait_s: float
+
+    def __post_init__(self) -> None:
+        if self.max_size < 1 or self.max_wait_s < 0:
+            raise ValueError("a batch holds at least one message and waits a non-negative time")
+
+
+Subscription = Handler[EventT] | Batched[EventT]
+
+
+def _first_parameter_annotation(handler: Callable[..., Awaitable[None]]) -> Any:
+    parameters = list(inspect.signature(handler, eval_str=True).parameters.values())
+    if not parameters:
+        raise TypeError(f"{handler!r} must take the event as its first parameter")
+    return parameters[0].annotation
 
 
 def handled_event_type(handler: Callable[..., Awaitable[None]]) -> type[Event]:
     """The event class a handler declares for its first parameter."""
-    parameters = list(inspect.signature(handler, eval_str=True).parameters.values())
-    if not parameters:
-        raise TypeError(f"{handler!r} must take the event as its first parameter")
-    annotation = parameters[0].annotation
+    annotation = _first_parameter_annotation(handler)
     if not (inspect.isclass(annotation) and issubclass(annotation, Event)):
         raise TypeError(f"{handler!r}: annotate the first parameter with the Event subclass it handles")
     return annotation
+
+
+def handled_batch_event_type(handler: Callable[..., Awaitable[None]]) -> type[Event]:
+    """The event class a batch handler declares for its first parameter (`Sequence[SomeEvent]`)."""
+    annotation = _first_parameter_annotation(handler)
+    arguments = get_args(annotation)
+    origin = get_origin(annotation)
+    if not (
+        inspect.isclass(origin)
+        and issubclass(origin, Sequence)
+        and len(arguments) == 1
+        and inspect.isclass(arguments[0])
+        and issubclass(arguments[0], Event)
+    ):
+        raise TypeError(f"{handler!r}: annotate the first parameter as Sequence[<the Event subclass it handles>]")
+    return arguments[0]
 
 
 def decode(message: AbstractIncomingMessage, event_type: type[EventT]) -> EventT:
@@ -143,28 +232,27 @@ def retry_delay_s(settings: ServiceSettings, failed_attempt: int) -> float:
     return min(delay, settings.retry_max_delay_s)
 
 
+def attempt_of(message: AbstractIncomingMessage) -> int:
+    return int((message.headers or {}).get(ATTEMPT_HEADER, 1))
+
+
 def _truncate(text: str) -> str:
     return text if len(text) <= _MAX_HEADER_TEXT else text[: _MAX_HEADER_TEXT - 3] + "..."
 
 
-class Consumer(Generic[EventT]):
-    """Consumes one queue with one handler, on a channel of its own with a bounded prefetch."""
+def _check_event_type(queue: ConsumedQueue, declared: type[Event]) -> None:
+    if not issubclass(queue.event, declared):
+        raise TypeError(f"{queue.name} carries {queue.event.__name__}, but its handler takes {declared.__name__}")
 
-    def __init__(
-        self,
-        queue: ConsumedQueue,
-        handler: Handler[EventT],
-        runtime: Runtime,
-        *,
-        prefetch_count: int | None = None,
-    ) -> None:
-        declared = handled_event_type(handler)
-        if not issubclass(queue.event, declared):
-            raise TypeError(f"{queue.name} carries {queue.event.__name__}, but its handler takes {declared.__name__}")
+
+class _QueueConsumer:
+    """A channel of its own with a bounded prefetch, and the settling of deliveries: acknowledge,
+    retry with back-off, defer while a dependency is down, or dead-letter with the reason."""
+
+    def __init__(self, queue: ConsumedQueue, runtime: Runtime, prefetch_count: int) -> None:
         self.queue = queue
-        self._handler = handler
         self._runtime = runtime
-        self._prefetch_count = prefetch_count or runtime.settings.prefetch_count
+        self._prefetch_count = prefetch_count
         self._channel: AbstractChannel | None = None
         self._amqp_queue: AbstractQueue | None = None
         self._consumer_tag: ConsumerTag | None = None
@@ -195,75 +283,63 @@ class Consumer(Generic[EventT]):
             await self._channel.close()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        self._in_flight += 1
+        raise NotImplementedError
+
+    def _enter(self, count: int = 1) -> None:
+        self._in_flight += count
         self._idle.clear()
-        metrics.HANDLERS_IN_FLIGHT.labels(queue=self.queue.name).inc()
-        try:
-            with correlation.bound(message.correlation_id or correlation.new_correlation_id(), message.message_id):
-                outcome = await self._process(message)
-            metrics.MESSAGES_CONSUMED.labels(queue=self.queue.name, outcome=outcome).inc()
-        finally:
-            metrics.HANDLERS_IN_FLIGHT.labels(queue=self.queue.name).dec()
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+        metrics.HANDLERS_IN_FLIGHT.labels(queue=self.queue.name).inc(count)
 
-    async def _process(self, message: AbstractIncomingMessage) -> str:
-        try:
-            event = decode(message, self.queue.event)
-        except PoisonMessage as exc:
-            log.error("dead-lettering a poison message from %s: %s", self.queue.name, exc)
-            return await self._settle(message, self._dead_letter(message, str(exc), exc), "dead_lettered")
+    def _leave(self, count: int = 1) -> None:
+        metrics.HANDLERS_IN_FLIGHT.labels(queue=self.queue.name).dec(count)
+        self._in_flight -= count
+        if self._in_flight == 0:
+            self._idle.set()
 
-        attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 1))
-        context = MessageContext(self.queue, event, attempt, self._runtime)
-        started = time.perf_counter()
-        try:
-            if await context.already_processed():
-                raise DuplicateDelivery
-            await self._handler(event, context)
-            if not context.committed:
-                async with context.transaction():
-                    pass  # the handler had nothing to write: record the event as processed
-        except DuplicateDelivery:
-            log.info("%s %s already processed; acknowledging the duplicate", event.event_type, event.event_id)
-            return await self._settle(message, None, "duplicate")
-        except Reject as exc:
-            log.error("handler rejected %s %s: %s", event.event_type, event.event_id, exc)
-            return await self._settle(
-                message, self._dead_letter(message, f"rejected by handler: {exc}", exc), "dead_lettered"
-            )
-        except Exception as exc:
-            if is_dependency_failure(exc):
-                delay = self._runtime.settings.dependency_retry_delay_s
-                log.warning(
-                    "a dependency is down while handling %s; redelivering in %.1fs: %r", event.event_id, delay, exc
-                )
-                return await self._settle(message, self._retry(message, attempt, delay, exc), "deferred")
-            if attempt >= self._runtime.settings.max_delivery_attempts:
-                log.exception(
-                    "%s %s failed on its last attempt (%d); dead-lettering", event.event_type, event.event_id, attempt
-                )
-                reason = f"failed after {attempt} attempts: {type(exc).__name__}: {exc}"
-                return await self._settle(message, self._dead_letter(message, reason, exc), "dead_lettered")
-            delay = retry_delay_s(self._runtime.settings, attempt)
-            log.warning(
-                "%s %s failed on attempt %d; retrying in %.1fs: %r",
-                event.event_type,
-                event.event_id,
-                attempt,
-                delay,
-                exc,
-            )
-            return await self._settle(message, self._retry(message, attempt + 1, delay, exc), "retried")
-
-        metrics.HANDLER_DURATION.labels(queue=self.queue.name).observe(time.perf_counter() - started)
+    def _observe_end_to_end(self, message: AbstractIncomingMessage) -> None:
         published_at_ms = (message.headers or {}).get(PUBLISHED_AT_HEADER)
         if isinstance(published_at_ms, int):
             metrics.END_TO_END_LATENCY.labels(queue=self.queue.name).observe(
                 max(0.0, time.time() - published_at_ms / 1000)
             )
-        return await self._settle(message, None, "acked")
+
+    async def _settle_poison(self, message: AbstractIncomingMessage, exc: PoisonMessage) -> str:
+        log.error("dead-lettering a poison message from %s: %s", self.queue.name, exc)
+        return await self._settle(message, self._dead_letter(message, str(exc), exc), "dead_lettered")
+
+    async def _settle_failure(
+        self, message: AbstractIncomingMessage, event: Event, attempt: int, exc: Exception
+    ) -> str:
+        """A handler raised while handling `event`: dead-letter, defer or retry its message."""
+        if isinstance(exc, Reject):
+            log.error("handler rejected %s %s: %s", event.event_type, event.event_id, exc)
+            return await self._settle(
+                message, self._dead_letter(message, f"rejected by handler: {exc}", exc), "dead_lettered"
+            )
+        if is_dependency_failure(exc):
+            delay = self._runtime.settings.dependency_retry_delay_s
+            log.warning("a dependency is down while handling %s; redelivering in %.1fs: %r", event.event_id, delay, exc)
+            return await self._settle(message, self._retry(message, attempt, delay, exc), "deferred")
+        if attempt >= self._runtime.settings.max_delivery_attempts:
+            log.error(
+                "%s %s failed on its last attempt (%d); dead-lettering",
+                event.event_type,
+                event.event_id,
+                attempt,
+                exc_info=exc,
+            )
+            reason = f"failed after {attempt} attempts: {type(exc).__name__}: {exc}"
+            return await self._settle(message, self._dead_letter(message, reason, exc), "dead_lettered")
+        delay = retry_delay_s(self._runtime.settings, attempt)
+        log.warning(
+            "%s %s failed on attempt %d; retrying in %.1fs: %r",
+            event.event_type,
+            event.event_id,
+            attempt,
+            delay,
+            exc,
+        )
+        return await self._settle(message, self._retry(message, attempt + 1, delay, exc), "retried")
 
     async def _settle(
         self, message: AbstractIncomingMessage, forward: Coroutine[Any, Any, None] | None, outcome: str
@@ -329,3 +405,218 @@ class Consumer(Generic[EventT]):
             expiration=expiration_s,
         )
         await self._runtime.broker.publish_message(copy, exchange="", routing_key=queue_name)
+
+
+class Consumer(_QueueConsumer, Generic[EventT]):
+    """Consumes one queue with one handler, on a channel of its own with a bounded prefetch."""
+
+    def __init__(
+        self,
+        queue: ConsumedQueue,
+        handler: Handler[EventT],
+        runtime: Runtime,
+        *,
+        prefetch_count: int | None = None,
+    ) -> None:
+        _check_event_type(queue, handled_event_type(handler))
+        super().__init__(queue, runtime, prefetch_count or runtime.settings.prefetch_count)
+        self._handler = handler
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._enter()
+        try:
+            with correlation.bound(message.correlation_id or correlation.new_correlation_id(), message.message_id):
+                outcome = await self._process(message)
+            metrics.MESSAGES_CONSUMED.labels(queue=self.queue.name, outcome=outcome).inc()
+        finally:
+            self._leave()
+
+    async def _process(self, message: AbstractIncomingMessage) -> str:
+        try:
+            event = decode(message, self.queue.event)
+        except PoisonMessage as exc:
+            return await self._settle_poison(message, exc)
+
+        attempt = attempt_of(message)
+        context = MessageContext(self.queue, event, attempt, self._runtime)
+        started = time.perf_counter()
+        try:
+            if await context.already_processed():
+                raise DuplicateDelivery
+            await self._handler(event, context)
+            if not context.committed:
+                async with context.transaction():
+                    pass  # the handler had nothing to write: record the event as processed
+        except DuplicateDelivery:
+            log.info("%s %s already processed; acknowledging the duplicate", event.event_type, event.event_id)
+            return await self._settle(message, None, "duplicate")
+        except Exception as exc:
+            return await self._settle_failure(message, event, attempt, exc)
+
+        metrics.HANDLER_DURATION.labels(queue=self.queue.name).observe(time.perf_counter() - started)
+        self._observe_end_to_end(message)
+        return await self._settle(message, None, "acked")
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery(Generic[EventT]):
+    message: AbstractIncomingMessage
+    event: EventT
+
+
+class BatchConsumer(_QueueConsumer, Generic[EventT]):
+    """Consumes one queue in batches, with the guarantees the one-message `Consumer` gives each message.
+
+    Deliveries wait in a buffer until `max_size` are there or the oldest has waited `max_wait_s`;
+    then one handler call commits the whole batch in one transaction, together with the
+    processed-event record of every event in it, and every message is acknowledged after that
+    commit. Events processed before (redeliveries, duplicates, copies inside the batch) are left
+    out before the handler sees the batch. Poison messages are dead-lettered one by one.
+
+    If the handler raises for a batch, nothing of it was committed, and its messages are handled
+    again one at a time, so a single bad message is retried or dead-lettered on its own and does
+    not hold the others back. While a dependency is down, the whole batch is deferred.
+
+    The prefetch must leave room for a full batch; twice `max_size` lets the next batch fill
+    while one is being committed. Batches are handled one after another per consumer.
+    """
+
+    def __init__(
+        self,
+        queue: ConsumedQueue,
+        subscription: Batched[EventT],
+        runtime: Runtime,
+        *,
+        prefetch_count: int | None = None,
+    ) -> None:
+        _check_event_type(queue, handled_batch_event_type(subscription.handler))
+        prefetch = prefetch_count or 2 * subscription.max_size
+        if prefetch < subscription.max_size:
+            raise ValueError(
+                f"{queue.name}: a prefetch of {prefetch} can never fill a batch of {subscription.max_size}"
+            )
+        super().__init__(queue, runtime, prefetch)
+        self._handler = subscription.handler
+        self._max_size = subscription.max_size
+        self._max_wait_s = subscription.max_wait_s
+        self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_forever(), name=f"batches-{self.queue.name}")
+        await super().start()
+
+    async def stop(self, grace_s: float) -> None:
+        await super().stop(grace_s)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._enter()
+        self._buffer.put_nowait(message)
+
+    async def _next_batch(self) -> list[AbstractIncomingMessage]:
+        batch = [await self._buffer.get()]
+        deadline = asyncio.get_running_loop().time() + self._max_wait_s
+        while len(batch) < self._max_size:
+            if not self._buffer.empty():
+                batch.append(self._buffer.get_nowait())
+                continue
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    batch.append(await self._buffer.get())
+            except TimeoutError:
+                break
+        return batch
+
+    async def _flush_forever(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            try:
+                outcomes = await self._process(batch)
+            except Exception:
+                # A bug here must not strand the batch unacknowledged: give it back to the queue.
+                log.exception("handling a batch of %d from %s failed unexpectedly", len(batch), self.queue.name)
+                for message in batch:
+                    await self._requeue(message)
+                outcomes = ["requeued"] * len(batch)
+            finally:
+                self._leave(len(batch))
+            for outcome in outcomes:
+                metrics.MESSAGES_CONSUMED.labels(queue=self.queue.name, outcome=outcome).inc()
+
+    async def _process(self, messages: Sequence[AbstractIncomingMessage]) -> list[str]:
+        outcomes: list[str] = []
+        deliveries: list[_Delivery[EventT]] = []
+        for message in messages:
+            try:
+                deliveries.append(_Delivery(message, decode(message, self.queue.event)))
+            except PoisonMessage as exc:
+                outcomes.append(await self._settle_poison(message, exc))
+        if deliveries:
+            outcomes.extend(await self._handle(deliveries))
+        return outcomes
+
+    async def _handle(self, deliveries: Sequence[_Delivery[EventT]]) -> list[str]:
+        started = time.perf_counter()
+        try:
+            applied = await self._apply(deliveries)
+        except Exception as exc:
+            if is_dependency_failure(exc) or len(deliveries) == 1:
+                return [
+                    await self._settle_failure(delivery.message, delivery.event, attempt_of(delivery.message), exc)
+                    for delivery in deliveries
+                ]
+            log.warning(
+                "a batch of %d from %s failed (%r); handling its messages one by one",
+                len(deliveries),
+                self.queue.name,
+                exc,
+            )
+            outcomes: list[str] = []
+            for delivery in deliveries:
+                with correlation.bound(
+                    delivery.message.correlation_id or correlation.new_correlation_id(), delivery.message.message_id
+                ):
+                    outcomes.extend(await self._handle([delivery]))
+            return outcomes
+
+        metrics.HANDLER_DURATION.labels(queue=self.queue.name).observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.labels(queue=self.queue.name).observe(len(applied))
+        outcomes = []
+        for delivery in deliveries:
+            if delivery.message in applied:
+                self._observe_end_to_end(delivery.message)
+                outcomes.append(await self._settle(delivery.message, None, "acked"))
+            else:
+                outcomes.append(await self._settle(delivery.message, None, "duplicate"))
+        return outcomes
+
+    async def _apply(self, deliveries: Sequence[_Delivery[EventT]]) -> set[AbstractIncomingMessage]:
+        """Run the handler on the events not processed before; return the messages it applied."""
+        for _ in range(len(deliveries) + 1):
+            done = await _already_processed(self._runtime.database, self.queue, [d.event for d in deliveries])
+            fresh: dict[str, _Delivery[EventT]] = {}
+            for delivery in deliveries:
+                event_id = str(delivery.event.event_id)
+                if event_id not in done and event_id not in fresh:
+                    fresh[event_id] = delivery
+            if not fresh:
+                return set()
+            context = BatchContext(self.queue, [delivery.event for delivery in fresh.values()], self._runtime)
+            try:
+                await self._handler(context.events, context)
+                if not context.committed:
+                    async with context.transaction():
+                        pass  # the handler had nothing to write: record the events as processed
+            except DuplicateDelivery:
+                log.info("part of a batch from %s was handled elsewhere meanwhile; handling the rest", self.queue.name)
+                continue
+            return {delivery.message for delivery in fresh.values()}
+        raise RuntimeError(f"a batch from {self.queue.name} kept meeting concurrent duplicates")

@@ -51,6 +51,17 @@ END_TO_END_LATENCY = Histogram(
     ["queue"],
     buckets=LATENCY_BUCKETS_S,
 )
+BATCH_SIZE = Histogram(
+    "message_batch_size",
+    "Events applied per handler call by batching consumers (duplicates left out).",
+    ["queue"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+STALE_EVENTS_IGNORED = Counter(
+    "stale_events_ignored_total",
+    "Events not applied because a newer version of the same entity was applied already.",
+    ["queue"],
+)
 HANDLERS_IN_FLIGHT = Gauge("message_handlers_in_flight", "Handlers running now.", ["queue"])
 OUTBOX_BACKLOG = Gauge("outbox_backlog_rows", "Outbox rows committed but not yet confirmed by the broker.")
 OUTBOX_OLDEST_AGE = Gauge("outbox_oldest_row_age_seconds", "Age of the oldest unpublished outbox row.")

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from common import correlation
 from common.asyncapi import asyncapi_document
 from common.broker import Broker, BrokerUnavailable
-from common.consumer import Consumer, Handler
+from common.consumer import BatchConsumer, Batched, Consumer, Subscription
 from common.database import Database, is_dependency_failure
 from common.logs import configure_logging
 from common.metrics import LATENCY_BUCKETS_S
@@ -102,7 +102,7 @@ class CorrelationIdMiddleware:
             await self.app(scope, receive, send_with_correlation_id)
 
 
-def _check_subscriptions(service: str, subscriptions: Mapping[ConsumedQueue, Handler[Any]]) -> None:
+def _check_subscriptions(service: str, subscriptions: Mapping[ConsumedQueue, Subscription[Any]]) -> None:
     expected = set(queues_consumed_by(service))
     given = set(subscriptions)
     if extra := sorted(queue.name for queue in given - expected):
@@ -118,7 +118,7 @@ def create_service(
     description: str,
     metadata: MetaData,
     routers: Sequence[APIRouter] = (),
-    subscriptions: Mapping[ConsumedQueue, Handler[Any]] | None = None,
+    subscriptions: Mapping[ConsumedQueue, Subscription[Any]] | None = None,
     lifespans: Sequence[ServiceLifespan] = (),
     prefetch_overrides: Mapping[ConsumedQueue, int] | None = None,
 ) -> FastAPI:
@@ -147,14 +147,16 @@ def create_service(
             for service_lifespan in lifespans:
                 await stack.enter_async_context(service_lifespan(runtime))
 
-            consumers = [
-                Consumer(queue, handler, runtime, prefetch_count=(prefetch_overrides or {}).get(queue))
-                for queue, handler in subscriptions.items()
+            consumers: list[Consumer[Any] | BatchConsumer[Any]] = [
+                BatchConsumer(queue, subscription, runtime, prefetch_count=(prefetch_overrides or {}).get(queue))
+                if isinstance(subscription, Batched)
+                else Consumer(queue, subscription, runtime, prefetch_count=(prefetch_overrides or {}).get(queue))
+                for queue, subscription in subscriptions.items()
             ]
             for consumer in consumers:
                 await consumer.start()
 
-                async def stop_consumer(consumer: Consumer[Any] = consumer) -> None:
+                async def stop_consumer(consumer: Consumer[Any] | BatchConsumer[Any] = consumer) -> None:
                     await consumer.stop(settings.shutdown_grace_s)
 
                 stack.push_async_callback(stop_consumer)

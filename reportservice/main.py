@@ -1,16 +1,29 @@
 from fastapi import FastAPI
 
+from common import topology
 from common.service import create_service
+from reportservice.api import router
+from reportservice.handlers import generate_report
 from reportservice.settings import Settings
 from reportservice.tables import metadata
+from reportservice.workers import report_workers
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
     return create_service(
-        settings or Settings(),
+        settings,
         title="ReportService",
-        description="Scenario 4 (CPU job offloading): report jobs worked outside the HTTP process.",
+        description="Scenario 4 (CPU job offloading): `POST /generate_report` queues a job and answers 202 at "
+        "once; `REPORT_WORKERS` worker processes take jobs from `report_jobs_queue` and do "
+        "`REPORT_CPU_SECONDS` of SHA-256 hashing each, outside the process that serves HTTP. "
+        "`GET /jobs/{job_id}` shows queued, running with progress, then completed or failed.",
         metadata=metadata,
+        routers=[router],
+        subscriptions={topology.REPORT_JOBS: generate_report},
+        lifespans=[report_workers],
+        # One job per worker process: the rest wait in the queue, where another replica can take them.
+        prefetch_overrides={topology.REPORT_JOBS: settings.report_workers},
     )
 
 

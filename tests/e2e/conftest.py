@@ -6,6 +6,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from common.broker import Broker
+from common.settings import ServiceSettings
 from tests.support.fleet import Fleet
 from tests.support.infra import Infra, isolated_infra
 from tests.support.rabbitmq import Management
@@ -60,3 +62,15 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 def saga(fleet: Fleet, http: httpx.AsyncClient, management: Management) -> Saga:
     """Orders, stock and payments of the Scenario 5 saga, as a user and the catalogue drive them."""
     return Saga(fleet, http, management)
+
+
+@pytest.fixture(scope="session")
+async def publisher(infra: Infra) -> AsyncIterator[Broker]:
+    """Publishes events into the fleet's broker as another service would (same client, same topology)."""
+    settings = ServiceSettings(
+        service_name="e2e-publisher", rabbitmq_url=infra.rabbitmq_url, database_url=infra.database_url
+    )
+    broker = Broker(settings)
+    await broker.connect()
+    yield broker
+    await broker.close()

@@ -250,3 +250,35 @@ async def test_database_outage_defers_without_using_attempts(
     await eventually(lambda: ping_rows(runtime.database, ping.event_id), timeout=10)
     assert failures == 5
     assert await dead_letters(management, test_queue) == []
+
+
+async def test_a_handler_outliving_the_grace_period_is_cut_off_and_its_message_requeued_once(
+    runtime: Runtime, publish_ping: PublishPing, test_queue: ConsumedQueue, management: Management
+) -> None:
+    """Closing the channel cancels the handler (aio-pika does), so it cannot forward a retry copy of a
+    message the broker has already requeued: after shutdown the message is back in its queue, once."""
+    started, release = asyncio.Event(), asyncio.Event()
+    outcomes: list[str] = []
+
+    async def outlives_the_grace_period(event: Ping, ctx: MessageContext[Ping]) -> None:
+        started.set()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            outcomes.append("cancelled")
+            raise
+        raise RuntimeError("failed after the grace period")
+
+    consumer = Consumer(test_queue, outlives_the_grace_period, runtime)
+    await consumer.start()
+    ping = await publish_ping("outlives its channel")
+    await asyncio.wait_for(started.wait(), timeout=5)
+    await consumer.stop(grace_s=0.1)
+    release.set()
+    await asyncio.sleep(1.0)  # a forwarded retry copy would be back from `.retry` by now
+
+    assert outcomes == ["cancelled"]
+    assert [message["properties"]["message_id"] for message in await management.peek(test_queue.name)] == [
+        str(ping.event_id)
+    ]
+    assert await management.peek(test_queue.retry_queue) == []

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 
 import httpx
@@ -30,6 +30,32 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` itself holds the listening socket on `port` (Linux: /proc)."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    listening.add(f"socket:[{fields[9]}]")
+    with contextlib.suppress(OSError):
+        for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(descriptor) in listening:
+                    return True
+    return False
 
 
 class ServiceFailedToStart(RuntimeError):
@@ -51,7 +77,6 @@ class Fleet:
         self.ports = {name: free_port() for name in self.services}
         self._environment = dict(environment or {})
         self._overrides: dict[str, dict[str, str]] = {}
-        self._replica_of: dict[str, str] = {}
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def url(self, name: str) -> str:
@@ -62,15 +87,54 @@ class Fleet:
         # The venv's executables (uvicorn), as `make` puts them on PATH for honcho.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.update(self._environment)
-        env.update(self._overrides.get(self._replica_of.get(name, name), {}))
+        env.update(self._overrides.get(name, {}))
         env["RABBITMQ_URL"] = self.infra.rabbitmq_url
         env["DATABASE_URL"] = self.infra.database_url
         env["PYTHONUNBUFFERED"] = "1"
-        for service_name in self.services:
-            env[SERVICES_BY_NAME[service_name].port_variable] = str(self.ports[service_name])
-        if name in self._replica_of:
-            env[SERVICES_BY_NAME[self._replica_of[name]].port_variable] = str(self.ports[name])
+        for service_name, port in self.ports.items():
+            if service_name in SERVICES_BY_NAME:
+                env[SERVICES_BY_NAME[service_name].port_variable] = str(port)
+        env[self.services[name].port_variable] = str(self.ports[name])  # a replica's own port
         return env
+
+    def add_replica(self, name: str) -> str:
+        """Register one more instance of service `name` (same vhost and database, a port of its own) and
+        return the name to `start`, `stop`, `kill` and `url` it by, e.g. `analyticsservice#2`."""
+        index = 2
+        while f"{name}#{index}" in self.services:
+            index += 1
+        replica = f"{name}#{index}"
+        self.services[replica] = self.services[name]
+        self.ports[replica] = free_port()
+        return replica
+
+    @contextlib.asynccontextmanager
+    async def reconfigured(self, name: str, environment: Mapping[str, str]) -> AsyncIterator[None]:
+        """Restart `name` with `environment` added for the duration of the block, then restart it as it was."""
+        await self.stop(name)
+        try:
+            await self.start(name, environment=environment)
+            yield
+        finally:
+            await self.stop(name)
+            await self.start(name)
+
+    def worker_processes(self, name: str) -> list[int]:
+        """Ids of the worker processes `name` started with multiprocessing (its `spawn` children)."""
+        parent = self.pid(name)
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue  # gone meanwhile
+            parent_of_entry = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent_of_entry == parent and "spawn_main" in command:
+                found.append(int(entry.name))
+        return found
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
@@ -86,16 +150,20 @@ class Fleet:
     def pid(self, name: str) -> int:
         return self._processes[name].pid
 
-    async def start(self, *names: str) -> None:
-        """Start the named services (all by default) and wait until each answers /ready with 200."""
-        names = names or tuple(self.services)
+    async def start(self, *names: str, environment: Mapping[str, str] | None = None) -> None:
+        """Start the named services (all by default) and wait until each answers /ready with 200.
+        `environment` is added to theirs until they are started again without it."""
+        names = names or tuple(name for name in self.services if name in SERVICES_BY_NAME)
         for name in names:
             if self.is_running(name):
                 continue
-            spec = self.services[self._replica_of.get(name, name)]
+            self._overrides[name] = dict(environment or {})
+            if not port_is_free(self.ports[name]):
+                # Released by an earlier stop and taken since (other test runs share the machine).
+                self.ports[name] = free_port()
             log_file = self.log_path(name).open("ab")
             self._processes[name] = subprocess.Popen(
-                ["/bin/sh", "-c", spec.command()],
+                ["/bin/sh", "-c", self.services[name].command()],
                 env=self.environment(name),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -105,14 +173,17 @@ class Fleet:
         await asyncio.gather(*(self.wait_ready(name) for name in names))
 
     async def wait_ready(self, name: str, timeout: float = READY_TIMEOUT_S) -> float:
-        """Wait for /ready to answer 200; return how long it took."""
+        """Wait for /ready to answer 200 from this very process (not another run's service that took
+        the port meanwhile); return how long it took. URLs can change across restarts: use `url()`."""
         started = time.monotonic()
         async with httpx.AsyncClient(timeout=2.0) as client:
             while time.monotonic() - started < timeout:
                 if not self.is_running(name):
                     raise ServiceFailedToStart(f"{name} exited:\n{self.log_tail(name)}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.url(name)}/ready")).status_code == 200:
+                    if listens_on(self.pid(name), self.ports[name]) and (
+                        (await client.get(f"{self.url(name)}/ready")).status_code == 200
+                    ):
                         return time.monotonic() - started
                 await asyncio.sleep(0.2)
         raise ServiceFailedToStart(f"{name} not ready after {timeout:.0f}s:\n{self.log_tail(name)}")
@@ -121,17 +192,14 @@ class Fleet:
         """Stop `name` gracefully and start it again with `environment` on top of the fleet's own
         (e.g. a short SAGA_TIMEOUT_S for one test); `restart(name)` goes back to the fleet's settings."""
         await self.stop(name)
-        self._overrides[name] = dict(environment or {})
-        await self.start(name)
+        await self.start(name, environment=environment)
 
-    async def start_replica(self, name: str, replica: int = 2) -> str:
-        """Start another process of service `name` (same command and settings, a port of its own),
-        as scaling it out would; return its name (for `url`, `stop`, `kill`)."""
-        replica_name = f"{name}-{replica}"
-        self._replica_of[replica_name] = name
-        self.ports.setdefault(replica_name, free_port())
-        await self.start(replica_name)
-        return replica_name
+    async def start_replica(self, name: str) -> str:
+        """Start another process of service `name` with the settings `name` runs with now, as scaling
+        it out would; return its name (for `url`, `stop`, `kill`)."""
+        replica = self.add_replica(name)
+        await self.start(replica, environment=self._overrides.get(name))
+        return replica
 
     async def stop(self, name: str) -> None:
         """Graceful stop (SIGTERM, as Ctrl-C under honcho): in-flight work finishes first."""

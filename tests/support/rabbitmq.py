@@ -118,3 +118,14 @@ class Management:
             )
             response.raise_for_status()
         return len(connections)
+
+    async def limit_connections(self, maximum: int | None) -> None:
+        """Cap the connections this run's vhost accepts (None lifts the cap). Existing connections stay;
+        a client whose connection is closed cannot reconnect past the cap, as if the broker were away."""
+        path = f"/api/vhost-limits/{self._vhost}/max-connections"
+        if maximum is None:
+            response = await self._client.delete(path)
+            if response.status_code != 404:
+                response.raise_for_status()
+        else:
+            (await self._client.put(path, json={"value": maximum})).raise_for_status()

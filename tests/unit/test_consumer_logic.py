@@ -1,10 +1,18 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import pytest
 
-from common.consumer import MessageContext, handled_event_type, retry_delay_s
+from common.consumer import (
+    BatchContext,
+    Batched,
+    MessageContext,
+    handled_batch_event_type,
+    handled_event_type,
+    retry_delay_s,
+)
 from common.events import OrderCreated, UserRegistered
 from common.settings import ServiceSettings
 
@@ -35,3 +43,26 @@ def test_event_type_comes_from_the_handler_annotation() -> None:
 def test_untyped_handlers_are_refused() -> None:
     with pytest.raises(TypeError, match="annotate"):
         handled_event_type(untyped)
+
+
+async def count_batch(events: Sequence[UserRegistered], ctx: BatchContext[UserRegistered]) -> None:
+    return None
+
+
+async def batch_of_lists(events: list[OrderCreated], ctx: BatchContext[OrderCreated]) -> None:
+    return None
+
+
+def test_batch_handlers_declare_a_sequence_of_events() -> None:
+    assert handled_batch_event_type(count_batch) is UserRegistered
+    assert handled_batch_event_type(batch_of_lists) is OrderCreated
+    with pytest.raises(TypeError, match=r"Sequence\["):
+        handled_batch_event_type(handle_registration)
+    with pytest.raises(TypeError, match="annotate"):
+        handled_event_type(count_batch)
+
+
+def test_batches_hold_at_least_one_message() -> None:
+    assert Batched(count_batch, max_size=1, max_wait_s=0).max_size == 1
+    with pytest.raises(ValueError, match="at least one"):
+        Batched(count_batch, max_size=0, max_wait_s=0.1)

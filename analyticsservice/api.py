@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, status
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import func, select
+
+from analyticsservice.tables import click_counts, product_update_counts
+from common.events import ClickTracked
+from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+
+router = APIRouter(tags=["analytics"])
+
+MAX_USER_ID = 2**63 - 1
+
+Page = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512)]
+SessionId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+
+
+class ClickRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: int = Field(ge=1, le=MAX_USER_ID, examples=[123])
+    page: Page = Field(examples=["homepage"])
+    session_id: SessionId | None = Field(default=None, examples=["s-9f2c"])
+
+
+class ClickAccepted(BaseModel):
+    status: Literal["tracked"] = Field(
+        description="The broker has confirmed the click: it is durably queued and will be counted once.",
+        examples=["tracked"],
+    )
+
+
+class Summary(BaseModel):
+    clicks_total: int = Field(examples=[2000])
+    clicks_by_page: dict[str, int] = Field(
+        description="Clicks per page, the most clicked first (at most `top_pages` pages).",
+        examples=[{"homepage": 1500, "products": 500}],
+    )
+    pages_total: int = Field(description="Distinct pages clicked.", examples=[2])
+    product_updates_total: int = Field(description="Product updates counted (creations included).", examples=[12])
+
+
+class PageClicks(BaseModel):
+    page: str = Field(examples=["homepage"])
+    clicks: int = Field(examples=[1500])
+
+
+class ProductUpdateCount(BaseModel):
+    product_id: int = Field(examples=[1])
+    updates: int = Field(description="Product updates counted for this product.", examples=[3])
+    last_product_version: int = Field(examples=[3])
+
+
+@router.post(
+    "/track_click",
+    summary="Record a click; it is counted in the background",
+    description="Answers only once the broker has confirmed the click (a durable, persistent message on "
+    "`click_tracked_queue`); the queue absorbs bursts and the consumer counts each click exactly once at "
+    "its own pace. If the broker cannot take the click, the answer is 503 and nothing was recorded.",
+    responses=UNAVAILABLE_RESPONSE,
+)
+async def track_click(click: ClickRequest, runtime: RuntimeDep) -> ClickAccepted:
+    # Published directly, not through the outbox: the broker's confirm is the durable record, so the
+    # accept path costs one confirmed publish and no database round trip.
+    await runtime.broker.publish(ClickTracked(user_id=click.user_id, page=click.page, session_id=click.session_id))
+    return ClickAccepted(status="tracked")
+
+
+@router.get("/analytics/summary", summary="Click and product-update counts", responses=UNAVAILABLE_RESPONSE)
+async def summary(
+    runtime: RuntimeDep,
+    top_pages: int = Query(default=100, ge=1, le=1000, description="How many pages `clicks_by_page` lists."),
+) -> Summary:
+    async with runtime.database.engine.connect() as connection:
+        clicks_total, pages_total = (
+            await connection.execute(select(func.coalesce(func.sum(click_counts.c.clicks), 0), func.count()))
+        ).one()
+        top = (
+            await connection.execute(
+                select(click_counts.c.page, click_counts.c.clicks)
+                .order_by(click_counts.c.clicks.desc(), click_counts.c.page)
+                .limit(top_pages)
+            )
+        ).all()
+        product_updates_total = await connection.scalar(
+            select(func.coalesce(func.sum(product_update_counts.c.updates), 0))
+        )
+    return Summary(
+        clicks_total=int(clicks_total),
+        clicks_by_page={page: int(clicks) for page, clicks in top},
+        pages_total=int(pages_total),
+        product_updates_total=int(product_updates_total or 0),
+    )
+
+
+@router.get("/analytics/clicks", summary="Clicks counted for one page", responses=UNAVAILABLE_RESPONSE)
+async def page_clicks(runtime: RuntimeDep, page: Page = Query(examples=["homepage"])) -> PageClicks:
+    async with runtime.database.engine.connect() as connection:
+        clicks = await connection.scalar(select(click_counts.c.clicks).where(click_counts.c.page == page))
+    return PageClicks(page=page, clicks=int(clicks or 0))
+
+
+@router.get(
+    "/analytics/product_updates/{product_id}",
+    summary="Product updates counted for one product",
+    responses={
+        404: {"model": ErrorResponse, "description": "No update of this product was counted."},
+        **UNAVAILABLE_RESPONSE,
+    },
+)
+async def product_updates(product_id: int, runtime: RuntimeDep) -> ProductUpdateCount:
+    async with runtime.database.engine.connect() as connection:
+        row = (
+            await connection.execute(
+                select(product_update_counts).where(product_update_counts.c.product_id == product_id)
+            )
+        ).first()
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no update of product {product_id} was counted")
+    return ProductUpdateCount.model_validate(row._mapping)

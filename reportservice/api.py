@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import insert, select
+
+from common.events import GenerateReportJob
+from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+from reportservice.tables import report_jobs
+
+router = APIRouter(tags=["reports"])
+
+ReportType = Literal["daily", "weekly", "monthly", "quarterly", "annual"]
+JobStatusName = Literal["queued", "running", "completed", "failed"]
+
+MAX_PARAMETERS_BYTES = 4096
+
+
+class ReportRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"report_type": "monthly"}, {"report_type": "daily", "parameters": {"region": "EU"}}]
+        },
+    )
+
+    report_type: ReportType
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Free-form report parameters (a JSON object of at most 4 KB). For demonstrations, "
+        '`{"simulate_failure": "<reason>"}` makes the worker fail half-way with that reason.',
+    )
+
+    @field_validator("parameters")
+    @classmethod
+    def _bounded(cls, parameters: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(parameters, default=str)) > MAX_PARAMETERS_BYTES:
+            raise ValueError(f"parameters must serialise to at most {MAX_PARAMETERS_BYTES} bytes of JSON")
+        return parameters
+
+
+class ReportAccepted(BaseModel):
+    job_id: str = Field(examples=["job_5f0c2a9d8e6b4c1fa3d7e2b9c4a1f6e8"])
+    status: Literal["queued"] = "queued"
+    message: str = Field(examples=["Report generation job queued. Processing in background."])
+
+
+class JobStatus(BaseModel):
+    job_id: str = Field(examples=["job_5f0c2a9d8e6b4c1fa3d7e2b9c4a1f6e8"])
+    report_type: ReportType
+    parameters: dict[str, Any]
+    status: JobStatusName = Field(
+        description="`queued`, then `running` (with `progress`), then `completed` or `failed`."
+    )
+    progress: int = Field(ge=0, le=100, description="Percent of the work done; 100 only once completed.")
+    attempts: int = Field(description="Times a worker picked the job up (more than 1 after a worker died).")
+    worker: str | None = Field(
+        description="The service instance that picked the job up last.", examples=["reportservice@host:4242"]
+    )
+    report_hash: str | None = Field(description="The report's result, once completed.")
+    duration_seconds: float | None = Field(
+        description="Seconds the workers spent on the report, once completed.", examples=[10.02]
+    )
+    reason: str | None = Field(description="Why the job failed, if it did.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@router.post(
+    "/generate_report",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Queue a report; worker processes generate it in the background",
+    description="The job and its `GenerateReportJob` event commit together; poll `GET /jobs/{job_id}`.",
+    responses=UNAVAILABLE_RESPONSE,
+)
+async def generate_report(request: ReportRequest, runtime: RuntimeDep) -> ReportAccepted:
+    job_id = f"job_{uuid.uuid4().hex}"
+    async with runtime.outbox.transaction() as unit:
+        await unit.connection.execute(
+            insert(report_jobs).values(
+                job_id=job_id, report_type=request.report_type, parameters=request.parameters, status="queued"
+            )
+        )
+        unit.publish(GenerateReportJob(job_id=job_id, report_type=request.report_type, parameters=request.parameters))
+    return ReportAccepted(job_id=job_id, message="Report generation job queued. Processing in background.")
+
+
+@router.get(
+    "/jobs/{job_id}",
+    summary="A report job's status, progress and result",
+    responses={404: {"model": ErrorResponse, "description": "No such job."}, **UNAVAILABLE_RESPONSE},
+)
+async def read_job(job_id: str, runtime: RuntimeDep) -> JobStatus:
+    async with runtime.database.engine.connect() as connection:
+        row = (await connection.execute(select(report_jobs).where(report_jobs.c.job_id == job_id))).first()
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} not found")
+    job = row._mapping
+    completed = job["status"] == "completed"
+    return JobStatus(
+        job_id=job["job_id"],
+        report_type=job["report_type"],
+        parameters=job["parameters"],
+        status=job["status"],
+        progress=job["progress"],
+        attempts=job["attempts"],
+        worker=job["worker"],
+        report_hash=job["report_hash"],
+        duration_seconds=round(job["worked_seconds"], 3) if completed else None,
+        reason=job["reason"],
+        created_at=job["created_at"],
+        started_at=job["started_at"],
+        finished_at=job["finished_at"],
+    )

@@ -1,0 +1,75 @@
+import logging
+import time
+
+from sqlalchemy import func, update
+
+from common.consumer import MessageContext, Reject
+from common.database import is_dependency_failure
+from common.events import GenerateReportJob
+from reportservice.jobs import JobStore, fail_statement
+from reportservice.settings import Settings
+from reportservice.tables import report_jobs
+from reportservice.work import ReportFailed, hash_for, seed_digest
+from reportservice.workers import ReportWorkers
+
+log = logging.getLogger(__name__)
+
+# A demonstration knob in `parameters`: the worker fails half-way with this reason.
+SIMULATED_FAILURE_PARAMETER = "simulate_failure"
+
+
+async def generate_report(event: GenerateReportJob, ctx: MessageContext[GenerateReportJob]) -> None:
+    """Work a report job in slices on the worker processes, saving progress after each slice.
+
+    The event loop only awaits the workers, so the service keeps answering HTTP while reports run.
+    A job picked up again (its worker died, its service was killed, a retry) resumes from its
+    last checkpoint. A job can run twice in rare cases (a duplicate delivery racing the first):
+    checkpoints never move backwards and only the first completion counts.
+    """
+    settings = ctx.settings
+    assert isinstance(settings, Settings)
+    jobs = ctx.resources.get(JobStore)
+    workers = ctx.resources.get(ReportWorkers)
+
+    job = await jobs.pick_up(event.job_id)
+    if job is None:
+        if not await jobs.exists(event.job_id):
+            raise Reject(f"report job {event.job_id} does not exist")
+        log.info("report job %s is finished already; nothing to do", event.job_id)
+        return
+
+    steps = settings.report_progress_steps
+    cpu_per_step = settings.report_cpu_seconds / steps
+    digest = job.checkpoint_digest or seed_digest(event.job_id, event.report_type, event.parameters)
+    failure = event.parameters.get(SIMULATED_FAILURE_PARAMETER)
+    if job.checkpoint_step:
+        log.info("resuming report job %s at step %d of %d", event.job_id, job.checkpoint_step, steps)
+    try:
+        for step in range(job.checkpoint_step + 1, steps + 1):
+            fail_now = str(failure) if failure is not None and step > steps // 2 else None
+            started = time.perf_counter()
+            digest = await workers.run(hash_for, digest, cpu_per_step, fail_now)
+            await jobs.checkpoint(event.job_id, step, steps, digest, time.perf_counter() - started)
+    except ReportFailed as exc:
+        async with ctx.transaction() as unit:
+            await unit.connection.execute(fail_statement(event.job_id, str(exc)))
+        log.warning("report job %s failed: %s", event.job_id, exc)
+        return
+    except Exception as exc:
+        if ctx.attempt >= settings.max_delivery_attempts and not is_dependency_failure(exc):
+            await jobs.fail(event.job_id, f"gave up after {ctx.attempt} attempts: {type(exc).__name__}: {exc}")
+        raise
+
+    async with ctx.transaction() as unit:
+        await unit.connection.execute(
+            update(report_jobs)
+            .where(report_jobs.c.job_id == event.job_id, report_jobs.c.status == "running")
+            .values(
+                status="completed",
+                progress=100,
+                report_hash=digest.hex(),
+                finished_at=func.now(),
+                updated_at=func.now(),
+            )
+        )
+    log.info("report job %s completed", event.job_id)
