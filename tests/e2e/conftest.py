@@ -9,6 +9,7 @@ import pytest
 from common.broker import Broker
 from common.settings import ServiceSettings
 from tests.support.fleet import Fleet
+from tests.support.impersonator import Impersonator
 from tests.support.infra import Infra, isolated_infra
 from tests.support.rabbitmq import Management
 from tests.support.saga import Saga
@@ -65,12 +66,11 @@ def saga(fleet: Fleet, http: httpx.AsyncClient, management: Management) -> Saga:
 
 
 @pytest.fixture(scope="session")
-async def publisher(infra: Infra) -> AsyncIterator[Broker]:
-    """Publishes events into the fleet's broker as another service would (same client, same topology)."""
+async def publisher(infra: Infra) -> AsyncIterator[Impersonator]:
     settings = ServiceSettings(
-        service_name="e2e-publisher", rabbitmq_url=infra.rabbitmq_url, database_url=infra.database_url
+        service_name="e2e-impersonator", rabbitmq_url=infra.rabbitmq_url, database_url=infra.database_url
     )
     broker = Broker(settings)
     await broker.connect()
-    yield broker
+    yield Impersonator(broker)
     await broker.close()

@@ -17,9 +17,9 @@ import aio_pika
 import httpx
 import pytest
 
-from common.broker import Broker
 from common.events import ProductUpdated, StockLevelChanged
 from tests.support.fleet import Fleet
+from tests.support.impersonator import Impersonator
 from tests.support.infra import Infra
 from tests.support.metrics import sample
 from tests.support.rabbitmq import Management
@@ -233,7 +233,7 @@ async def test_a_fourth_consumer_needs_no_change_to_the_publisher(
 
 
 async def test_stale_and_repeated_updates_never_replace_a_newer_version(
-    fleet: Fleet, http: httpx.AsyncClient, publisher: Broker
+    fleet: Fleet, http: httpx.AsyncClient, publisher: Impersonator
 ) -> None:
     """Out-of-order and duplicate deliveries, published straight into the fanout as a retry would."""
     product_id = 500_000_000 + secrets.randbelow(100_000_000)  # not in the catalogue: only these events
@@ -308,7 +308,7 @@ async def stock_sets_for(management: Management, product_id: int) -> list[dict[s
 
 
 async def test_stock_figures_given_to_the_catalogue_go_to_inventory_with_the_change(
-    fleet: Fleet, http: httpx.AsyncClient, management: Management, publisher: Broker
+    fleet: Fleet, http: httpx.AsyncClient, management: Management, publisher: Impersonator
 ) -> None:
     # Inventory away, so its queue keeps what the catalogue sent (it catches up when it is back).
     await fleet.stop("inventoryservice")
@@ -344,7 +344,7 @@ async def _stock_is(http: httpx.AsyncClient, fleet: Fleet, product_id: int, stoc
 
 
 async def test_catalogue_shows_inventory_stock_and_ignores_older_figures(
-    fleet: Fleet, http: httpx.AsyncClient, publisher: Broker, extra_consumer: aio_pika.abc.AbstractQueue
+    fleet: Fleet, http: httpx.AsyncClient, publisher: Impersonator, extra_consumer: aio_pika.abc.AbstractQueue
 ) -> None:
     product = await create_product(http, fleet, name=f"Speaker {token()}", stock=10)
     product_id = product["id"]
@@ -380,7 +380,7 @@ async def _stock_stale_ignored_above(http: httpx.AsyncClient, fleet: Fleet, befo
 
 
 async def test_stock_for_an_unknown_product_is_dead_lettered_with_its_reason(
-    fleet: Fleet, publisher: Broker, management: Management
+    fleet: Fleet, publisher: Impersonator, management: Management
 ) -> None:
     unknown = StockLevelChanged(
         product_id=900_000_000 + secrets.randbelow(1000), available=1, reserved=0, sold=0, stock_version=1

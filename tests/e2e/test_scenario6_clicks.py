@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from common.broker import Broker
 from common.events import ClickTracked
 from tests.support.fleet import Fleet
+from tests.support.impersonator import Impersonator
 from tests.support.metrics import sample
 from tests.support.rabbitmq import Management
 from tests.support.waiting import eventually, stays
@@ -124,7 +124,9 @@ async def test_broker_unavailable_is_a_clear_503_and_nothing_is_counted(
     await stays(lambda: counts_equal(http, url, {page: 1}), duration=1.0, message="a refused click was counted")
 
 
-async def test_redelivered_clicks_are_counted_once(fleet: Fleet, http: httpx.AsyncClient, publisher: Broker) -> None:
+async def test_redelivered_clicks_are_counted_once(
+    fleet: Fleet, http: httpx.AsyncClient, publisher: Impersonator
+) -> None:
     url = fleet.url("analyticsservice")
     pages = [page_name("dup") for _ in range(3)]
     clicks = [ClickTracked(user_id=index, page=pages[index % 3]) for index in range(30)]
