@@ -108,7 +108,8 @@ def _check_subscriptions(service: str, subscriptions: Mapping[ConsumedQueue, Sub
     if extra := sorted(queue.name for queue in given - expected):
         raise ValueError(f"common.topology does not assign {extra} to {service}")
     if missing := sorted(queue.name for queue in expected - given):
-        log.warning("%s has no handler yet for %s: those messages wait in their queues", service, missing)
+        # A queue nobody consumes fills up silently: refuse to start rather than lose sight of it.
+        raise ValueError(f"{service} has no handler for {missing}, which common.topology assigns to it")
 
 
 def create_service(

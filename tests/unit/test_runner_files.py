@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+
+import pytest
 
 from devtools.fleet import SERVICES, render_procfile
 
@@ -30,3 +33,23 @@ def test_every_service_is_an_importable_package_with_an_app() -> None:
     for service in SERVICES:
         assert (ROOT / service.name / "__init__.py").exists()
         assert (ROOT / service.name / "main.py").read_text().count("app = create_app()") == 1
+
+
+def test_every_service_consumes_exactly_the_queues_the_map_assigns_to_it() -> None:
+    for service in SERVICES:
+        module = importlib.import_module(f"{service.name}.main")
+        assert module.app.title, f"{service.name} did not build its app"
+
+
+def test_a_service_missing_a_handler_refuses_to_start() -> None:
+    from common.database import service_metadata
+    from common.service import create_service
+    from common.settings import ServiceSettings
+
+    with pytest.raises(ValueError, match="no handler for"):
+        create_service(
+            ServiceSettings(service_name="emailservice"),
+            title="x",
+            description="x",
+            metadata=service_metadata("emailservice_test"),
+        )
