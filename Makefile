@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test lint format procfile docs lock clean
+.PHONY: help venv run test lint format procfile docs monitoring lock clean
 
 # The Docker path (docker-compose-async.yml); credentials from .env (see .env.example).
 # `make up UP_ARGS="--scale emailservice=3"`, `make logs SERVICE=emailservice`, `make load PROFILE=smoke`
@@ -31,6 +31,7 @@ help:
 	@echo "make test   - lint, then run the whole test suite (unit, integration, end-to-end)"
 	@echo "make lint   - ruff"
 	@echo "make docs   - regenerate docs/asyncapi.json and the README diagram from the topology"
+	@echo "make monitoring - regenerate the Prometheus configs and Grafana dashboards"
 	@echo "make lock   - re-pin requirements*.txt from requirements*.in"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -64,6 +65,11 @@ procfile: $(STAMP)
 # Regenerate docs/asyncapi.json and README.md's message-map diagram from common/topology.py.
 docs: $(STAMP)
 	$(BIN)/python -m devtools.docs
+
+# Regenerate prometheus/*.yml and grafana/dashboards/*.json from devtools/{monitoring,dashboards}.py.
+monitoring: $(STAMP)
+	$(BIN)/python -m devtools.monitoring
+	$(BIN)/python -m devtools.dashboards
 
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -6,6 +6,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import func, select
 
+from analyticsservice.metrics import CLICKS_INGESTED
 from analyticsservice.tables import click_counts, product_update_counts
 from common.events import ClickTracked
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
@@ -66,6 +67,7 @@ async def track_click(click: ClickRequest, runtime: RuntimeDep) -> ClickAccepted
     # Published directly, not through the outbox: the broker's confirm is the durable record, so the
     # accept path costs one confirmed publish and no database round trip.
     await runtime.broker.publish(ClickTracked(user_id=click.user_id, page=click.page, session_id=click.session_id))
+    CLICKS_INGESTED.inc()
     return ClickAccepted(status="tracked")
 
 

@@ -5,6 +5,7 @@ from datetime import datetime
 from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert
 
+from analyticsservice.metrics import CLICKS_COUNTED
 from analyticsservice.tables import click_counts, product_update_counts
 from common.consumer import BatchContext, MessageContext
 from common.events import ClickTracked, ProductUpdated
@@ -33,6 +34,7 @@ async def count_clicks(events: Sequence[ClickTracked], ctx: BatchContext[ClickTr
                 },
             )
         )
+    CLICKS_COUNTED.inc(len(events))
 
 
 async def count_product_update(event: ProductUpdated, ctx: MessageContext[ProductUpdated]) -> None:

@@ -261,6 +261,7 @@ class _QueueConsumer:
         self._idle.set()
 
     async def start(self) -> None:
+        metrics.initialise_consumer_series(self.queue.name)
         self._channel = await self._runtime.broker.open_channel(publisher_confirms=True)
         await self._channel.set_qos(prefetch_count=self._prefetch_count)
         self._amqp_queue = await declare_queue(self._channel, self.queue)
@@ -453,8 +454,17 @@ class Consumer(_QueueConsumer, Generic[EventT]):
         except Exception as exc:
             return await self._settle_failure(message, event, attempt, exc)
 
-        metrics.HANDLER_DURATION.labels(queue=self.queue.name).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        metrics.HANDLER_DURATION.labels(queue=self.queue.name).observe(elapsed)
         self._observe_end_to_end(message)
+        if log.isEnabledFor(logging.DEBUG):  # one line per message: follow a correlation id at DEBUG
+            log.debug(
+                "handled %s from %s in %.1f ms",
+                event.event_type,
+                self.queue.name,
+                elapsed * 1000,
+                extra={"event_type": event.event_type, "queue": self.queue.name, "attempt": attempt},
+            )
         return await self._settle(message, None, "acked")
 
 

@@ -68,3 +68,16 @@ OUTBOX_OLDEST_AGE = Gauge("outbox_oldest_row_age_seconds", "Age of the oldest un
 OUTBOX_RELAYED = Counter(
     "outbox_relayed_total", "Outbox rows published by the relay rather than right after their commit."
 )
+
+# Shared by the saga's participants (inventory releases and reverses, payment refunds): one name.
+SAGA_COMPENSATIONS = Counter("saga_compensations_total", "Compensating actions the saga ran, by action.", ["action"])
+
+CONSUMER_OUTCOMES = ("acked", "duplicate", "retried", "deferred", "dead_lettered", "requeued", "redelivery_pending")
+
+
+def initialise_consumer_series(queue: str) -> None:
+    """Create a queue's series at 0, so dashboards show "0 dead-lettered" rather than "no data"."""
+    for outcome in CONSUMER_OUTCOMES:
+        MESSAGES_CONSUMED.labels(queue=queue, outcome=outcome)
+    STALE_EVENTS_IGNORED.labels(queue=queue)
+    HANDLERS_IN_FLIGHT.labels(queue=queue)

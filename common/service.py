@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -92,14 +93,29 @@ class CorrelationIdMiddleware:
                 incoming = value.decode("latin-1")
                 break
         correlation_id = correlation.sanitize_correlation_id(incoming)
+        status = 500
+        started = time.perf_counter()
 
         async def send_with_correlation_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 MutableHeaders(scope=message).append(correlation.CORRELATION_HEADER, correlation_id)
             await send(message)
 
         with correlation.bound(correlation_id):
-            await self.app(scope, receive, send_with_correlation_id)
+            try:
+                await self.app(scope, receive, send_with_correlation_id)
+            finally:
+                if log.isEnabledFor(logging.DEBUG):  # access log with the correlation id, at DEBUG
+                    log.debug(
+                        "%s %s -> %d in %.1f ms",
+                        scope["method"],
+                        scope["path"],
+                        status,
+                        (time.perf_counter() - started) * 1000,
+                        extra={"http_status": status, "path": scope["path"]},
+                    )
 
 
 def _check_subscriptions(service: str, subscriptions: Mapping[ConsumedQueue, Subscription[Any]]) -> None:

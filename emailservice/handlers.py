@@ -3,6 +3,7 @@ import logging
 
 from common.consumer import MessageContext
 from common.events import UserRegistered
+from emailservice.metrics import EMAILS_SENT
 from emailservice.tables import sent_emails
 
 log = logging.getLogger(__name__)
@@ -23,4 +24,5 @@ async def send_welcome_email(event: UserRegistered, ctx: MessageContext[UserRegi
                 event_id=str(event.event_id),
             )
         )
+    EMAILS_SENT.inc()
     log.debug("welcome email sent to user %d", event.user_id)

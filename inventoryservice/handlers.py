@@ -27,7 +27,9 @@ from common.events import (
     StockReservationFailed,
     StockReserved,
 )
+from common.metrics import SAGA_COMPENSATIONS
 from common.outbox import UnitOfWork
+from inventoryservice.metrics import RESERVATIONS
 from inventoryservice.tables import reservations, stock
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ async def reserve_stock(event: OrderCreated, ctx: MessageContext[OrderCreated]) 
             available = await unit.connection.scalar(
                 select(stock.c.available).where(stock.c.product_id == event.product_id)
             )
-            reason = UNKNOWN_PRODUCT if available is None else INSUFFICIENT_STOCK
+            reason = outcome = UNKNOWN_PRODUCT if available is None else INSUFFICIENT_STOCK
             await unit.connection.execute(
                 update(reservations)
                 .where(reservations.c.order_id == event.order_id)
@@ -116,16 +118,18 @@ async def reserve_stock(event: OrderCreated, ctx: MessageContext[OrderCreated]) 
                     available=available,
                 )
             )
-            return
-        unit.publish(
-            StockReserved(
-                order_id=event.order_id,
-                product_id=event.product_id,
-                quantity=event.quantity,
-                payment_behaviour=event.payment_behaviour,
+        else:
+            unit.publish(
+                StockReserved(
+                    order_id=event.order_id,
+                    product_id=event.product_id,
+                    quantity=event.quantity,
+                    payment_behaviour=event.payment_behaviour,
+                )
             )
-        )
-        _announce(unit, figures)
+            _announce(unit, figures)
+            outcome = "reserved"
+    RESERVATIONS.labels(outcome=outcome).inc()
 
 
 async def sell_reserved_stock(event: PaymentCompleted, ctx: MessageContext[PaymentCompleted]) -> None:
@@ -174,6 +178,7 @@ async def release_for_failed_payment(event: PaymentFailed, ctx: MessageContext[P
             )
         )
         _announce(unit, figures)
+    SAGA_COMPENSATIONS.labels(action="release_reservation").inc()
 
 
 async def cancel_order_stock(event: OrderCancelled, ctx: MessageContext[OrderCancelled]) -> None:
@@ -228,6 +233,7 @@ async def cancel_order_stock(event: OrderCancelled, ctx: MessageContext[OrderCan
             )
         )
         _announce(unit, figures)
+    SAGA_COMPENSATIONS.labels(action="reverse_sale" if sale_reversed else "release_reservation").inc()
 
 
 async def set_stock_level(event: StockLevelSet, ctx: MessageContext[StockLevelSet]) -> None:

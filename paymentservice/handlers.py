@@ -24,7 +24,9 @@ from common.events import (
     PaymentRefunded,
     StockReserved,
 )
+from common.metrics import SAGA_COMPENSATIONS
 from paymentservice.gateway import DECLINED, approves, new_payment_id, new_refund_id, new_transaction_id, order_key
+from paymentservice.metrics import PAYMENTS_SETTLED
 from paymentservice.settings import Settings
 from paymentservice.tables import payment_audit, payments
 
@@ -76,6 +78,7 @@ async def settle_payment(event: PaymentInitiated, ctx: MessageContext[PaymentIni
                     currency=settled.currency,
                 )
             )
+    PAYMENTS_SETTLED.labels(flow="standalone", status="completed" if approved else "failed").inc()
 
 
 async def record_audit(event: PaymentCompleted, ctx: MessageContext[PaymentCompleted]) -> None:
@@ -150,6 +153,7 @@ async def charge_order(event: StockReserved, ctx: MessageContext[StockReserved])
                     reason=DECLINED,
                 )
             )
+    PAYMENTS_SETTLED.labels(flow="saga", status="completed" if approved else "failed").inc()
 
 
 async def cancel_order_payment(event: OrderCancelled, ctx: MessageContext[OrderCancelled]) -> None:
@@ -211,3 +215,4 @@ async def cancel_order_payment(event: OrderCancelled, ctx: MessageContext[OrderC
                 reason=event.reason,
             )
         )
+    SAGA_COMPENSATIONS.labels(action="refund_charge").inc()

@@ -7,6 +7,7 @@ from common.consumer import MessageContext, Reject
 from common.database import is_dependency_failure
 from common.events import GenerateReportJob
 from reportservice.jobs import JobStore, fail_statement
+from reportservice.metrics import REPORT_JOB_DURATION, REPORT_JOBS, REPORT_QUEUE_WAIT
 from reportservice.settings import Settings
 from reportservice.tables import report_jobs
 from reportservice.work import ReportFailed, hash_for, seed_digest
@@ -38,6 +39,10 @@ async def generate_report(event: GenerateReportJob, ctx: MessageContext[Generate
         log.info("report job %s is finished already; nothing to do", event.job_id)
         return
 
+    picked_up = time.perf_counter()
+    if job.checkpoint_step == 0 and ctx.attempt == 1:
+        waited = max(0.0, time.time() - event.occurred_at.timestamp())
+        REPORT_QUEUE_WAIT.labels(report_type=event.report_type).observe(waited)
     steps = settings.report_progress_steps
     cpu_per_step = settings.report_cpu_seconds / steps
     digest = job.checkpoint_digest or seed_digest(event.job_id, event.report_type, event.parameters)
@@ -53,6 +58,7 @@ async def generate_report(event: GenerateReportJob, ctx: MessageContext[Generate
     except ReportFailed as exc:
         async with ctx.transaction() as unit:
             await unit.connection.execute(fail_statement(event.job_id, str(exc)))
+        _observe_finished(event.report_type, "failed", picked_up)
         log.warning("report job %s failed: %s", event.job_id, exc)
         return
     except Exception as exc:
@@ -72,4 +78,10 @@ async def generate_report(event: GenerateReportJob, ctx: MessageContext[Generate
                 updated_at=func.now(),
             )
         )
+    _observe_finished(event.report_type, "completed", picked_up)
     log.info("report job %s completed", event.job_id)
+
+
+def _observe_finished(report_type: str, status: str, picked_up: float) -> None:
+    REPORT_JOBS.labels(report_type=report_type, status=status).inc()
+    REPORT_JOB_DURATION.labels(report_type=report_type, status=status).observe(time.perf_counter() - picked_up)

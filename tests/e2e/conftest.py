@@ -24,7 +24,8 @@ FAST_FLEET_ENVIRONMENT = {
     "REPORT_CPU_SECONDS": "0.5",
     "RETRY_BASE_DELAY_S": "0.1",
     "OUTBOX_RELAY_GRACE_S": "1",
-    "LOG_LEVEL": "INFO",
+    # Every request and handled message is logged with its correlation id (test-artifacts/<run>/).
+    "LOG_LEVEL": "DEBUG",
 }
 
 

@@ -1,0 +1,6 @@
+"""Clicks in and clicks counted: the two sides of the Scenario 6 buffer."""
+
+from prometheus_client import Counter
+
+CLICKS_INGESTED = Counter("clicks_ingested_total", "Clicks accepted (the broker confirmed them).")
+CLICKS_COUNTED = Counter("clicks_counted_total", "Clicks added to the counts (committed, each once).")
