@@ -1,11 +1,9 @@
 import logging
 
-from sqlalchemy import func
-from sqlalchemy.dialects.postgresql import insert
-
 from cacheservice.tables import cached_products
 from common import metrics
 from common.consumer import MessageContext
+from common.database import upsert_if_newer
 from common.events import ProductUpdated
 
 log = logging.getLogger(__name__)
@@ -23,15 +21,10 @@ async def refresh_cached_product(event: ProductUpdated, ctx: MessageContext[Prod
         "product_version": event.product_version,
         "updated_at": event.updated_at,
     }
-    statement = insert(cached_products).values(**entry)
     async with ctx.transaction() as unit:
-        refreshed = await unit.connection.scalar(
-            statement.on_conflict_do_update(
-                index_elements=[cached_products.c.product_id],
-                set_={**{key: statement.excluded[key] for key in entry}, "cached_at": func.now()},
-                where=cached_products.c.product_version < statement.excluded.product_version,
-            ).returning(cached_products.c.product_id)
+        refreshed = await upsert_if_newer(
+            unit.connection, cached_products, entry, key="product_id", version="product_version", touched_at="cached_at"
         )
-    if refreshed is None:
+    if not refreshed:
         metrics.STALE_EVENTS_IGNORED.labels(queue=ctx.queue.name).inc()
         log.info("ignored version %d of product %d: a newer one is cached", event.product_version, event.product_id)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 import sqlalchemy.exc
@@ -30,6 +31,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.schema import CreateSchema
 
@@ -71,6 +73,32 @@ def outbox_table(metadata: MetaData) -> Table:
 
 def processed_events_table(metadata: MetaData) -> Table:
     return metadata.tables[f"{metadata.schema}.processed_events"]
+
+
+async def upsert_if_newer(
+    connection: AsyncConnection,
+    table: Table,
+    row: Mapping[str, Any],
+    *,
+    key: str,
+    version: str,
+    touched_at: str | None = None,
+) -> bool:
+    """Store `row` unless a version at least as new is stored already: updates that arrive out of
+    order or twice never replace a newer state. `touched_at` (if given) records when it was written.
+    Returns whether `row` was written."""
+    statement = pg_insert(table).values(**row)
+    changes = {column: statement.excluded[column] for column in row}
+    if touched_at is not None:
+        changes[touched_at] = func.now()
+    written = await connection.scalar(
+        statement.on_conflict_do_update(
+            index_elements=[table.c[key]],
+            set_=changes,
+            where=table.c[version] < statement.excluded[version],
+        ).returning(table.c[key])
+    )
+    return written is not None
 
 
 def is_dependency_failure(exc: BaseException) -> bool:

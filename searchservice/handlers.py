@@ -1,10 +1,8 @@
 import logging
 
-from sqlalchemy import func
-from sqlalchemy.dialects.postgresql import insert
-
 from common import metrics
 from common.consumer import MessageContext
+from common.database import upsert_if_newer
 from common.events import ProductUpdated
 from searchservice.tables import search_documents
 
@@ -23,15 +21,15 @@ async def reindex_product(event: ProductUpdated, ctx: MessageContext[ProductUpda
         "product_version": event.product_version,
         "updated_at": event.updated_at,
     }
-    statement = insert(search_documents).values(**document)
     async with ctx.transaction() as unit:
-        indexed = await unit.connection.scalar(
-            statement.on_conflict_do_update(
-                index_elements=[search_documents.c.product_id],
-                set_={**{key: statement.excluded[key] for key in document}, "indexed_at": func.now()},
-                where=search_documents.c.product_version < statement.excluded.product_version,
-            ).returning(search_documents.c.product_id)
+        indexed = await upsert_if_newer(
+            unit.connection,
+            search_documents,
+            document,
+            key="product_id",
+            version="product_version",
+            touched_at="indexed_at",
         )
-    if indexed is None:
+    if not indexed:
         metrics.STALE_EVENTS_IGNORED.labels(queue=ctx.queue.name).inc()
         log.info("ignored version %d of product %d: a newer one is indexed", event.product_version, event.product_id)
