@@ -27,8 +27,11 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    delete,
     func,
+    select,
     text,
+    tuple_,
 )
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -177,6 +180,27 @@ class Database:
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.begin() as connection:
             yield connection
+
+    async def prune_processed_events(self, older_than_s: float, batch_size: int = 10_000) -> int:
+        """Delete idempotency records older than `older_than_s`, in batches (short locks); return how many."""
+        table = processed_events_table(self.metadata)
+        pruned = 0
+        while True:
+            async with self.engine.begin() as connection:
+                doomed = (
+                    select(table.c.consumer, table.c.event_id)
+                    .where(table.c.processed_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s))
+                    .limit(batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+                deleted = (
+                    await connection.execute(
+                        delete(table).where(tuple_(table.c.consumer, table.c.event_id).in_(doomed))
+                    )
+                ).rowcount
+            pruned += deleted
+            if deleted < batch_size:
+                return pruned
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -13,6 +13,7 @@ connection is open and the database answers), `/metrics` and `/docs`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -128,6 +129,23 @@ def _check_subscriptions(service: str, subscriptions: Mapping[ConsumedQueue, Sub
         raise ValueError(f"{service} has no handler for {missing}, which common.topology assigns to it")
 
 
+async def _prune_processed_events_forever(settings: ServiceSettings, database: Database) -> None:
+    while True:
+        try:
+            pruned = await database.prune_processed_events(settings.processed_events_retention_s)
+            if pruned:
+                log.info("pruned %d idempotency records older than the retention period", pruned)
+        except Exception as exc:  # the database may be restarting: try again at the next interval
+            log.warning("pruning idempotency records failed: %r", exc)
+        await asyncio.sleep(settings.processed_events_prune_interval_s)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_service(
     settings: ServiceSettings,
     *,
@@ -158,6 +176,8 @@ def create_service(
             outbox = Outbox(settings, database, broker)
             outbox.start()
             stack.push_async_callback(outbox.close)
+            pruner = asyncio.create_task(_prune_processed_events_forever(settings, database), name="prune")
+            stack.push_async_callback(_cancel, pruner)
 
             runtime = Runtime(settings=settings, database=database, broker=broker, outbox=outbox)
             app.state.runtime = runtime

@@ -56,6 +56,12 @@ class ServiceSettings(BaseSettings):
     outbox_relay_grace_s: PositiveSeconds = 2.0
     outbox_relay_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
 
+    # --- idempotency records ------------------------------------------------------------------
+    # Processed-event ids are kept this long, far beyond any redelivery or retry delay, then pruned
+    # so the table does not grow without bound at click volumes.
+    processed_events_retention_s: Annotated[float, Field(ge=3600)] = 7 * 24 * 3600.0
+    processed_events_prune_interval_s: PositiveSeconds = 3600.0
+
     # --- simulated work (design document defaults) ---------------------------------------------
     email_send_delay_s: Seconds = 0.5
     payment_delay_s: Seconds = 2.0

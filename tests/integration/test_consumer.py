@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator, Callable
 
 import aio_pika
 import pytest
+from sqlalchemy import func, select, text
 
 from common.consumer import DEAD_LETTER_REASON_HEADER, Consumer, MessageContext, Reject
+from common.database import processed_events_table
 from common.runtime import Runtime
 from common.topology import ConsumedQueue
 from tests.integration.conftest import PINGS, Ping, PublishPing, ping_rows
@@ -282,3 +284,26 @@ async def test_a_handler_outliving_the_grace_period_is_cut_off_and_its_message_r
         str(ping.event_id)
     ]
     assert await management.peek(test_queue.retry_queue) == []
+
+
+async def test_idempotency_records_are_pruned_after_the_retention_period(
+    start_consumer, publish_ping: PublishPing, runtime: Runtime
+) -> None:
+    await start_consumer(record_ping)
+    old, recent = await publish_ping("old"), await publish_ping("recent")
+    await eventually(lambda: ping_rows(runtime.database, recent.event_id))
+    await eventually(lambda: ping_rows(runtime.database, old.event_id))
+    processed = processed_events_table(runtime.database.metadata)
+    async with runtime.database.transaction() as connection:
+        await connection.execute(
+            processed.update()
+            .where(processed.c.event_id == str(old.event_id))
+            .values(processed_at=func.now() - text("interval '8 days'"))
+        )
+
+    assert await runtime.database.prune_processed_events(older_than_s=7 * 24 * 3600) == 1
+
+    async with runtime.database.engine.connect() as connection:
+        left = set((await connection.execute(select(processed.c.event_id))).scalars())
+    assert str(old.event_id) not in left
+    assert str(recent.event_id) in left
