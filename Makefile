@@ -85,8 +85,10 @@ down:
 logs:
 	$(COMPOSE) logs -f --tail=100 $(SERVICE)
 
+# k6 runs as you, so the summaries it writes into k6-tests/results/ are yours.
 load:
-	$(COMPOSE) --profile load run --rm -e PROFILE=$(PROFILE) k6
+	mkdir -p k6-tests/results
+	K6_UID=$$(id -u) K6_GID=$$(id -g) $(COMPOSE) --profile load run --rm -e PROFILE=$(PROFILE) k6
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
