@@ -5,6 +5,7 @@
 //   k6 run -e PROFILE=stress k6-tests/script-async.js                # ramps every scenario up
 //   k6 run -e BASE_URL=http://10.0.0.5 k6-tests/script-async.js      # another host, design-doc ports
 //   k6 run -e ORDERSERVICE_URL=http://127.0.0.1:9000 ...             # one service elsewhere (any port)
+//   k6 run -e PRODUCT_IDS=7,8,9 ...                                  # update and order these, not 1-3
 //
 // Every request carries two tags of our own: `flow` (register, payment, product_update, report,
 // order, click) and `kind` (`accept` for the request a user waits on, `poll` for status polling).
@@ -28,6 +29,9 @@ const SAGA_DEADLINE_S = Number(__ENV.SAGA_DEADLINE_S || 40);
 const JOB_DEADLINE_S = Number(__ENV.JOB_DEADLINE_S || 120);
 const PAYMENT_DEADLINE_S = Number(__ENV.PAYMENT_DEADLINE_S || 30);
 const SUMMARY_PREFIX = __ENV.SUMMARY_PREFIX || 'k6-summary';
+// The products scenarios 3 and 5 update and order: the catalogue's seed by default.
+const PRODUCT_IDS = (__ENV.PRODUCT_IDS || '1,2,3').split(',').map(Number);
+if (!PRODUCT_IDS.every((id) => Number.isInteger(id) && id > 0)) fail(`PRODUCT_IDS must list product ids: ${__ENV.PRODUCT_IDS}`);
 
 const PORTS = {
   userservice: 8101, paymentservice: 8102, productservice: 8103, reportservice: 8104,
@@ -226,7 +230,7 @@ export function payment() {
 // --- scenario 3: fan-out -----------------------------------------------------------------------------
 
 export function product_update() {
-  const productId = 1 + (__ITER % 3);
+  const productId = PRODUCT_IDS[__ITER % PRODUCT_IDS.length];
   const name = `Product ${productId} rev ${uniqueSuffix()}`;
   const stock = 1000 + Math.floor(Math.random() * 1000);
   const response = http.put(
@@ -276,7 +280,7 @@ export function report() {
 
 export function order() {
   const startedAt = Date.now();
-  const productId = 1 + (__ITER % 3);
+  const productId = PRODUCT_IDS[__ITER % PRODUCT_IDS.length];
   // Both saga outcomes run under load: half the payments succeed, half are declined (compensation).
   const behaviour = __ITER % 2 === 0 ? 'succeed' : 'fail';
   const payload = { product_id: productId, quantity: 1, payment_behaviour: behaviour };
