@@ -10,7 +10,9 @@ It signals its outcome by raising (never by returning a flag):
 
 The consumer acknowledges only after the handler's transaction committed. Idempotency: the
 event id is recorded in `processed_events` inside that same transaction, so a redelivered or
-duplicated event is recognised and acknowledged without its effects being applied again.
+duplicated event is recognised and acknowledged without its effects being applied again. A handler
+that works before its transaction (an email sent, a gateway called) is subscribed as
+`CheckProcessedFirst(handler)`, and a known duplicate does not reach it at all.
 A malformed or schema-invalid message is dead-lettered at once, with the reason in its headers.
 
 High-volume queues can be consumed in batches (`Batched`): the handler takes a list of events
@@ -180,7 +182,21 @@ class Batched(Generic[EventT]):
             raise ValueError("a batch holds at least one message and waits a non-negative time")
 
 
-Subscription = Handler[EventT] | Batched[EventT]
+@dataclass(frozen=True)
+class CheckProcessedFirst(Generic[EventT]):
+    """Subscribe a handler that does slow work, or work outside the database, before its transaction
+    (sending an email, waiting for a payment gateway, running a report): the consumer looks the event
+    up in `processed_events` before calling the handler, so an event handled already (a redelivery,
+    a duplicate publish) is acknowledged without that work being done again.
+
+    Other handlers do not need the look-up and save its database round trip per message: their
+    `ctx.transaction()` records the event as processed and raises `DuplicateDelivery` before its body
+    runs, so a duplicate changes nothing either way."""
+
+    handler: Handler[EventT]
+
+
+Subscription = Handler[EventT] | Batched[EventT] | CheckProcessedFirst[EventT]
 
 
 def _first_parameter_annotation(handler: Callable[..., Awaitable[None]]) -> Any:
@@ -413,11 +429,14 @@ class Consumer(_QueueConsumer, Generic[EventT]):
     def __init__(
         self,
         queue: ConsumedQueue,
-        handler: Handler[EventT],
+        handler: Handler[EventT] | CheckProcessedFirst[EventT],
         runtime: Runtime,
         *,
         prefetch_count: int | None = None,
     ) -> None:
+        self._check_processed_first = isinstance(handler, CheckProcessedFirst)
+        if isinstance(handler, CheckProcessedFirst):
+            handler = handler.handler
         _check_event_type(queue, handled_event_type(handler))
         super().__init__(queue, runtime, prefetch_count or runtime.settings.prefetch_count)
         self._handler = handler
@@ -441,7 +460,7 @@ class Consumer(_QueueConsumer, Generic[EventT]):
         context = MessageContext(self.queue, event, attempt, self._runtime)
         started = time.perf_counter()
         try:
-            if await context.already_processed():
+            if self._check_processed_first and await context.already_processed():
                 raise DuplicateDelivery
             await self._handler(event, context)
             if not context.committed:
