@@ -34,7 +34,8 @@ from typing import Any, Generic, TypeVar, get_args, get_origin
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, ConsumerTag
 from pydantic import ValidationError
-from sqlalchemy import Table, select
+from sqlalchemy import Table, Text, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY, UUID, Insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -104,18 +105,29 @@ class MessageContext(Generic[EventT]):
         return bool(await _already_processed(self._runtime.database, self.queue, [self.event]))
 
 
+def _record_processed_statement(processed: Table) -> Insert:
+    """One statement whatever the number of events: the ids travel as one array parameter, so the
+    compiled statement (and the server's prepared statement) is reused instead of a multi-row
+    VALUES list being built and compiled for every batch size (milliseconds for a batch of 200)."""
+    event_id = func.unnest(bindparam("event_ids", type_=ARRAY(UUID(as_uuid=False)))).column_valued("event_id")
+    # Sorted, so two transactions recording overlapping sets lock their rows in the same order.
+    rows = select(bindparam("consumer", type_=Text), event_id).order_by(event_id)
+    return (
+        pg_insert(processed)
+        .from_select(["consumer", "event_id"], rows)
+        .on_conflict_do_nothing()
+        .returning(processed.c.event_id)
+    )
+
+
 async def _record_processed(
     connection: AsyncConnection, database: Database, queue: ConsumedQueue, events: Sequence[Event]
 ) -> bool:
     """Record `events` as processed by `queue`'s consumer; False if any of them already was."""
-    processed: Table = processed_events_table(database.metadata)
-    # Sorted, so two transactions recording overlapping sets lock their rows in the same order.
-    event_ids = sorted({str(event.event_id) for event in events})
+    event_ids = list({str(event.event_id) for event in events})
     recorded = await connection.execute(
-        pg_insert(processed)
-        .values([{"consumer": queue.name, "event_id": event_id} for event_id in event_ids])
-        .on_conflict_do_nothing()
-        .returning(processed.c.event_id)
+        _record_processed_statement(processed_events_table(database.metadata)),
+        {"consumer": queue.name, "event_ids": event_ids},
     )
     return len(recorded.all()) == len(event_ids)
 
@@ -127,8 +139,10 @@ async def _already_processed(database: Database, queue: ConsumedQueue, events: S
         found = await connection.execute(
             select(processed.c.event_id).where(
                 processed.c.consumer == queue.name,
-                processed.c.event_id.in_([str(event.event_id) for event in events]),
-            )
+                # One array parameter, not an IN list of varying length: one statement to compile and prepare.
+                processed.c.event_id == any_(bindparam("event_ids", type_=ARRAY(UUID(as_uuid=False)))),
+            ),
+            {"event_ids": [str(event.event_id) for event in events]},
         )
         return {str(event_id) for event_id in found.scalars()}
 
