@@ -455,7 +455,13 @@ async def measure(arguments: argparse.Namespace) -> dict[str, Any]:
 
                 say(f"click ramp against analyticsservice: {rates[0]}/s x{arguments.ramp_factor} ...")
                 fleet_steps = await ramp(
-                    "fleet", fleet.url("analyticsservice"), rates, arguments.step_seconds, run_dir, drain
+                    "fleet",
+                    fleet.url("analyticsservice"),
+                    fleet.pid("analyticsservice"),
+                    rates,
+                    arguments.step_seconds,
+                    run_dir,
+                    drain,
                 )
             results["memory_load"] = peak.peak
             results["load_average"]["after_fleet_ramp"] = load_average()
