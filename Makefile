@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test lint format procfile docs monitoring lock clean
+.PHONY: help venv run test lint format procfile docs monitoring lock clean bench
 
 # The Docker path (docker-compose-async.yml); credentials from .env (see .env.example).
 # `make up UP_ARGS="--scale emailservice=3"`, `make logs SERVICE=emailservice`, `make load PROFILE=smoke`
@@ -29,6 +29,7 @@ help:
 	@echo "make logs   - follow the stack's logs (SERVICE=emailservice for one service)"
 	@echo "make load   - run the k6 load test inside the compose network (PROFILE=smoke|default|stress)"
 	@echo "make test   - lint, then run the whole test suite (unit, integration, end-to-end)"
+	@echo "make bench  - measure the fleet on this machine (a few minutes); writes docs/bench/ and README.md"
 	@echo "make lint   - ruff"
 	@echo "make docs   - regenerate docs/asyncapi.json and the README diagram from the topology"
 	@echo "make monitoring - regenerate the Prometheus configs and Grafana dashboards"
@@ -47,6 +48,11 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m devtools.provision
 	PATH="$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile --env /dev/null
+
+# Starts its own fleet on free ports (its own vhost and database) and stops it; not part of `make test`.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	PATH="$(BIN):$$PATH" $(BIN)/python -m bench $(BENCH_ARGS)
 
 test: $(STAMP) lint
 	PATH="$(BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
@@ -91,8 +97,10 @@ down:
 logs:
 	$(COMPOSE) logs -f --tail=100 $(SERVICE)
 
+# k6 runs as you, so the summaries it writes into k6-tests/results/ are yours.
 load:
-	$(COMPOSE) --profile load run --rm -e PROFILE=$(PROFILE) k6
+	mkdir -p k6-tests/results
+	K6_UID=$$(id -u) K6_GID=$$(id -g) $(COMPOSE) --profile load run --rm -e PROFILE=$(PROFILE) k6
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

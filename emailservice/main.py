@@ -1,6 +1,7 @@
 from fastapi import FastAPI
 
 from common import topology
+from common.consumer import CheckProcessedFirst
 from common.service import create_service
 from emailservice.api import router
 from emailservice.handlers import send_welcome_email
@@ -16,7 +17,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "sends each new user one welcome email (`EMAIL_SEND_DELAY_S` simulates the mail server).",
         metadata=metadata,
         routers=[router],
-        subscriptions={topology.USER_REGISTERED: send_welcome_email},
+        # The email goes out before the transaction: a known duplicate must not reach the handler.
+        subscriptions={topology.USER_REGISTERED: CheckProcessedFirst(send_welcome_email)},
     )
 
 

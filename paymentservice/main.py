@@ -1,6 +1,7 @@
 from fastapi import FastAPI
 
 from common import topology
+from common.consumer import CheckProcessedFirst
 from common.service import create_service
 from paymentservice.api import router
 from paymentservice.handlers import cancel_order_payment, charge_order, record_audit, settle_payment
@@ -21,9 +22,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metadata=metadata,
         routers=[router],
         subscriptions={
-            topology.PAYMENT_INITIATED: settle_payment,
+            # The gateway is called before the transaction: known duplicates must not reach those handlers.
+            topology.PAYMENT_INITIATED: CheckProcessedFirst(settle_payment),
             topology.PAYMENT_COMPLETED_AUDIT: record_audit,
-            topology.STOCK_RESERVED: charge_order,
+            topology.STOCK_RESERVED: CheckProcessedFirst(charge_order),
             topology.PAYMENT_ORDER_CANCELLED: cancel_order_payment,
         },
         prefetch_overrides={

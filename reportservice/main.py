@@ -1,6 +1,7 @@
 from fastapi import FastAPI
 
 from common import topology
+from common.consumer import CheckProcessedFirst
 from common.service import create_service
 from reportservice.api import router
 from reportservice.handlers import generate_report
@@ -20,7 +21,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "`GET /jobs/{job_id}` shows queued, running with progress, then completed or failed.",
         metadata=metadata,
         routers=[router],
-        subscriptions={topology.REPORT_JOBS: generate_report},
+        subscriptions={topology.REPORT_JOBS: CheckProcessedFirst(generate_report)},  # minutes of CPU first
         lifespans=[report_workers],
         # One job per worker process: the rest wait in the queue, where another replica can take them.
         prefetch_overrides={topology.REPORT_JOBS: settings.report_workers},

@@ -10,7 +10,7 @@ import aio_pika
 import pytest
 from sqlalchemy import func, select, text
 
-from common.consumer import DEAD_LETTER_REASON_HEADER, Consumer, MessageContext, Reject
+from common.consumer import DEAD_LETTER_REASON_HEADER, CheckProcessedFirst, Consumer, MessageContext, Reject
 from common.database import processed_events_table
 from common.runtime import Runtime
 from common.topology import ConsumedQueue
@@ -184,6 +184,59 @@ async def test_duplicate_deliveries_are_applied_once(
 
     await eventually(queue_drained, message="duplicates left in the queue")
     await stays(lambda: _rows_equal(runtime, ping, 1), duration=1.0, message="a duplicate was applied")
+    assert await dead_letters(management, test_queue) == []
+
+
+async def _redeliver_after_handling(
+    publish_ping: PublishPing, runtime: Runtime, test_queue: ConsumedQueue, management: Management, ping: Ping
+) -> None:
+    await publish_ping(event=ping)
+    await eventually(lambda: ping_rows(runtime.database, ping.event_id), message="ping not recorded")
+    await publish_ping(event=ping)  # the same event again, once the first copy was handled
+
+    async def queue_drained() -> bool:
+        return await management.peek(test_queue.name) == []
+
+    await eventually(queue_drained, message="the duplicate was left in the queue")
+
+
+async def test_a_known_duplicate_does_not_reach_a_handler_subscribed_to_check_first(
+    start_consumer, publish_ping: PublishPing, runtime: Runtime, test_queue: ConsumedQueue, management: Management
+) -> None:
+    """Handlers that work before their transaction (an email sent) are spared known duplicates."""
+    calls: list[str] = []
+
+    async def send_then_record(event: Ping, ctx: MessageContext[Ping]) -> None:
+        calls.append(event.note)  # stands in for the email sent before the transaction
+        await record_ping(event, ctx)
+
+    await start_consumer(CheckProcessedFirst(send_then_record))
+    ping = Ping(note="once only")
+    await _redeliver_after_handling(publish_ping, runtime, test_queue, management, ping)
+    await stays(lambda: _rows_equal(runtime, ping, 1), duration=0.5, message="the duplicate was applied")
+    assert calls == ["once only"], "the known duplicate reached the handler"
+
+
+async def test_other_handlers_meet_a_known_duplicate_in_their_transaction_which_changes_nothing(
+    start_consumer, publish_ping: PublishPing, runtime: Runtime, test_queue: ConsumedQueue, management: Management
+) -> None:
+    """No look-up first (one database round trip saved per message): the duplicate reaches the
+    handler, whose transaction recognises it before its body runs."""
+    calls: list[str] = []
+    bodies_run: list[str] = []
+
+    async def record(event: Ping, ctx: MessageContext[Ping]) -> None:
+        calls.append(event.note)
+        async with ctx.transaction() as unit:
+            bodies_run.append(event.note)
+            await unit.connection.execute(PINGS.insert().values(event_id=str(event.event_id), note=event.note))
+
+    await start_consumer(record)
+    ping = Ping(note="recorded once")
+    await _redeliver_after_handling(publish_ping, runtime, test_queue, management, ping)
+    await stays(lambda: _rows_equal(runtime, ping, 1), duration=0.5, message="the duplicate was applied")
+    assert calls == ["recorded once", "recorded once"], "the duplicate should have reached the handler"
+    assert bodies_run == ["recorded once"]
     assert await dead_letters(management, test_queue) == []
 
 

@@ -285,6 +285,22 @@ def test_k6_runs_the_async_script_inside_the_compose_network(services: dict[str,
     }
 
 
+def test_k6_writes_its_summaries_to_the_host(services: dict[str, dict[str, Any]]) -> None:
+    """`run --rm` discards the container: the summaries must go into a writable bind mount."""
+    k6 = services["k6"]
+    summary_prefix = environment_of(k6)["SUMMARY_PREFIX"]
+    mounts = {target: source for source, target, *mode in (volume.split(":") for volume in k6["volumes"])}
+    writable = {target for source, target, *mode in (volume.split(":") for volume in k6["volumes"]) if "ro" not in mode}
+    (directory,) = [target for target in writable if summary_prefix.startswith(target.rstrip("/") + "/")]
+    assert (ROOT / mounts[directory]).is_dir()
+    # The image's user (12345) cannot write into a directory the host user owns; make load runs k6 as them.
+    assert k6["user"] == "12345:12345"
+    assert "${K6_UID:-12345}:${K6_GID:-12345}" in COMPOSE_FILE.read_text()
+    result = subprocess.run(["make", "-n", "load"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert f"mkdir -p {mounts[directory].removeprefix('./')}" in result.stdout
+    assert "K6_UID=$(id -u) K6_GID=$(id -g) docker compose" in result.stdout
+
+
 # --- the image --------------------------------------------------------------------------------
 
 
