@@ -22,8 +22,7 @@ from typing import Annotated, Any, Literal
 
 import sqlalchemy.exc
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import MetaData
 from starlette.datastructures import MutableHeaders
@@ -34,7 +33,7 @@ from common.asyncapi import asyncapi_document
 from common.broker import Broker, BrokerUnavailable
 from common.consumer import BatchConsumer, Batched, Consumer, Subscription
 from common.database import Database, is_dependency_failure
-from common.http_metrics import HttpMetricsMiddleware
+from common.http_metrics import instrument_http
 from common.logs import configure_logging
 from common.outbox import Outbox
 from common.runtime import Runtime
@@ -203,7 +202,6 @@ def create_service(
 
     app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
     app.add_middleware(CorrelationIdMiddleware)
-    app.add_middleware(HttpMetricsMiddleware)  # added last, so outermost: its duration covers the rest
 
     @app.exception_handler(BrokerUnavailable)
     async def broker_unavailable(request: Request, exc: BrokerUnavailable) -> JSONResponse:
@@ -267,8 +265,5 @@ def create_service(
     for router in routers:
         app.include_router(router)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
+    instrument_http(app)
     return app

@@ -1,9 +1,6 @@
-"""The HTTP metrics middleware labels requests by route template, method and status, as dashboards expect.
-
-These are the series (and label values) prometheus-fastapi-instrumentator produced before it was
-replaced: `handler` is the route's path template, `none` for a path no route matched, `/metrics`
-itself is not counted.
-"""
+"""HTTP metrics label requests by route template, method and status, as the dashboards expect:
+`handler` is the route's path template, `none` for a path no route matched, `/metrics` itself is
+not counted, and durations use the fleet's latency buckets."""
 
 from __future__ import annotations
 
@@ -12,11 +9,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.http_metrics import HttpMetricsMiddleware
+from common.http_metrics import instrument_http
 from common.metrics import LATENCY_BUCKETS_S
 
 # The metrics live in the process-wide registry: every test uses handlers of its own.
@@ -42,11 +37,7 @@ def make_app() -> FastAPI:
     app = FastAPI()
     app.include_router(router)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    app.add_middleware(HttpMetricsMiddleware)
+    instrument_http(app)
     return app
 
 
