@@ -7,11 +7,11 @@ import pytest
 from tests.support.infra import Infra, isolated_infra
 from tests.support.rabbitmq import Management
 
-_TIERS = ("unit", "integration", "e2e")
+_TIERS = ("unit", "integration", "e2e", "faults")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Fast feedback first: unit, then integration, then the end-to-end tests that start the fleet."""
+    """Fast feedback first: unit, integration, the end-to-end tests that start the fleet, then the faults."""
 
     def tier(item: pytest.Item) -> int:
         parts = item.path.parts
