@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 
 from analyticsservice.metrics import CLICKS_INGESTED
 from analyticsservice.tables import click_counts, product_update_counts
+from common.broker import BrokerUnavailable
 from common.events import ClickTracked
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 
@@ -29,7 +30,8 @@ class ClickRequest(BaseModel):
 
 class ClickAccepted(BaseModel):
     status: Literal["tracked"] = Field(
-        description="The broker has confirmed the click: it is durably queued and will be counted once.",
+        description="The click is durably recorded (queued, or in the outbox while the broker is away) "
+        "and will be counted once.",
         examples=["tracked"],
     )
 
@@ -58,15 +60,27 @@ class ProductUpdateCount(BaseModel):
 @router.post(
     "/track_click",
     summary="Record a click; it is counted in the background",
-    description="Answers only once the broker has confirmed the click (a durable, persistent message on "
-    "`click_tracked_queue`); the queue absorbs bursts and the consumer counts each click exactly once at "
-    "its own pace. If the broker cannot take the click, the answer is 503 and nothing was recorded.",
+    description="Answers once the click is durable: normally the broker has confirmed it (a persistent message "
+    "on `click_tracked_queue`); while the broker is unavailable it is committed to the service's outbox "
+    "instead and queued when the broker is back. The queue absorbs bursts and the consumer counts each click "
+    "exactly once at its own pace. If neither the broker nor the database can take the click, the answer "
+    "is 503 and it will not be counted.",
     responses=UNAVAILABLE_RESPONSE,
 )
 async def track_click(click: ClickRequest, runtime: RuntimeDep) -> ClickAccepted:
-    # Published directly, not through the outbox: the broker's confirm is the durable record, so the
-    # accept path costs one confirmed publish and no database round trip.
-    await runtime.broker.publish(ClickTracked(user_id=click.user_id, page=click.page, session_id=click.session_id))
+    event = ClickTracked(user_id=click.user_id, page=click.page, session_id=click.session_id)
+    try:
+        # Published directly, not through the outbox: the broker's confirm is the durable record, so the
+        # accept path costs one confirmed publish and no database round trip.
+        await runtime.broker.publish(event)
+    except BrokerUnavailable:
+        # No confirm does not mean not queued: the connection can drop after the broker took the click.
+        # Answering 503 then would let a retrying client count it twice, so the click goes to the outbox
+        # instead; the relay delivers it once the broker is back, and the consumer's idempotency on the
+        # event id counts it once even if the first publish did land. Only if the database is down too
+        # is the answer 503.
+        async with runtime.outbox.transaction() as unit:
+            unit.publish(event)
     CLICKS_INGESTED.inc()
     return ClickAccepted(status="tracked")
 
