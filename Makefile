@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test lint format procfile docs monitoring lock clean bench
+.PHONY: help venv run test lint format procfile docs monitoring lock clean bench faults
 
 # The Docker path (docker-compose-async.yml); credentials from .env (see .env.example).
 # `make up UP_ARGS="--scale emailservice=3"`, `make logs SERVICE=emailservice`, `make load PROFILE=smoke`
@@ -29,6 +29,7 @@ help:
 	@echo "make logs   - follow the stack's logs (SERVICE=emailservice for one service)"
 	@echo "make load   - run the k6 load test inside the compose network (PROFILE=smoke|default|stress)"
 	@echo "make test   - lint, then run the whole test suite (unit, integration, end-to-end)"
+	@echo "make faults - the fault-injection suite alone; rewrites docs/fault-injection-report.md"
 	@echo "make bench  - measure the fleet on this machine (a few minutes); writes docs/bench/ and README.md"
 	@echo "make lint   - ruff"
 	@echo "make docs   - regenerate docs/asyncapi.json and the README diagram from the topology"
@@ -53,6 +54,10 @@ run: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	PATH="$(BIN):$$PATH" $(BIN)/python -m bench $(BENCH_ARGS)
+
+# The fault-injection suite on its own (it is part of `make test` too), keeping its table in docs/.
+faults: $(STAMP)
+	PATH="$(BIN):$$PATH" $(BIN)/pytest tests/faults --fault-report=docs/fault-injection-report.md $(PYTEST_ARGS)
 
 test: $(STAMP) lint
 	PATH="$(BIN):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)

@@ -10,6 +10,14 @@ from tests.support.rabbitmq import Management
 _TIERS = ("unit", "integration", "e2e", "faults")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fault-report",
+        default=None,
+        help="also write the fault suite's markdown table here (make faults: docs/fault-injection-report.md)",
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Fast feedback first: unit, integration, the end-to-end tests that start the fleet, then the faults."""
 
