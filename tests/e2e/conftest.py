@@ -29,23 +29,24 @@ FAST_FLEET_ENVIRONMENT = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def infra() -> AsyncIterator[Infra]:
     """The fleet's own vhost and database, apart from the integration tests' ones."""
     async with isolated_infra() as run_infra:
         yield run_infra
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def management(infra: Infra) -> AsyncIterator[Management]:
     client = Management(infra)
     yield client
     await client.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def fleet(infra: Infra) -> AsyncIterator[Fleet]:
-    """All ten services, started as processes with the Procfile's commands."""
+    """All ten services, started as processes with the Procfile's commands; stopped when the e2e tests
+    are done, so the fault suite that follows has the machine (and the database's connections) to itself."""
     running = Fleet(infra, ARTIFACTS / infra.vhost, FAST_FLEET_ENVIRONMENT)
     try:
         await running.start()
@@ -54,7 +55,7 @@ async def fleet(infra: Infra) -> AsyncIterator[Fleet]:
         await running.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def http() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=10.0) as client:
         yield client
@@ -66,7 +67,7 @@ def saga(fleet: Fleet, http: httpx.AsyncClient, management: Management) -> Saga:
     return Saga(fleet, http, management)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def publisher(infra: Infra) -> AsyncIterator[Impersonator]:
     settings = ServiceSettings(
         service_name="e2e-impersonator", rabbitmq_url=infra.rabbitmq_url, database_url=infra.database_url
