@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -8,9 +9,14 @@ from sqlalchemy import func, select
 
 from analyticsservice.metrics import CLICKS_INGESTED
 from analyticsservice.tables import click_counts, product_update_counts
+from common import topology
 from common.broker import BrokerUnavailable
+from common.consumer import withdraw
+from common.database import is_dependency_failure
 from common.events import ClickTracked
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["analytics"])
 
@@ -30,8 +36,7 @@ class ClickRequest(BaseModel):
 
 class ClickAccepted(BaseModel):
     status: Literal["tracked"] = Field(
-        description="The click is durably recorded (queued, or in the outbox while the broker is away) "
-        "and will be counted once.",
+        description="The broker has confirmed the click: it is durably queued and will be counted once.",
         examples=["tracked"],
     )
 
@@ -60,11 +65,10 @@ class ProductUpdateCount(BaseModel):
 @router.post(
     "/track_click",
     summary="Record a click; it is counted in the background",
-    description="Answers once the click is durable: normally the broker has confirmed it (a persistent message "
-    "on `click_tracked_queue`); while the broker is unavailable it is committed to the service's outbox "
-    "instead and queued when the broker is back. The queue absorbs bursts and the consumer counts each click "
-    "exactly once at its own pace. If neither the broker nor the database can take the click, the answer "
-    "is 503 and it will not be counted.",
+    description="Answers only once the broker has confirmed the click (a durable, persistent message on "
+    "`click_tracked_queue`); the queue absorbs bursts and the consumer counts each click exactly once at "
+    "its own pace. If the broker cannot take the click, the answer is 503 and it is not counted (even if "
+    "the broker took it after all and only its confirm was lost).",
     responses=UNAVAILABLE_RESPONSE,
 )
 async def track_click(click: ClickRequest, runtime: RuntimeDep) -> ClickAccepted:
@@ -75,12 +79,15 @@ async def track_click(click: ClickRequest, runtime: RuntimeDep) -> ClickAccepted
         await runtime.broker.publish(event)
     except BrokerUnavailable:
         # No confirm does not mean not queued: the connection can drop after the broker took the click.
-        # Answering 503 then would let a retrying client count it twice, so the click goes to the outbox
-        # instead; the relay delivers it once the broker is back, and the consumer's idempotency on the
-        # event id counts it once even if the first publish did land. Only if the database is down too
-        # is the answer 503.
-        async with runtime.outbox.transaction() as unit:
-            unit.publish(event)
+        # The answer is 503 ("not recorded"), so make it true: the consumer will drop this click if it
+        # arrives. Should the database be down too, that cannot be recorded; the click may then count.
+        try:
+            await withdraw(runtime.database, topology.CLICK_TRACKED, [event])
+        except Exception as exc:
+            if not is_dependency_failure(exc):
+                raise
+            log.warning("could not withdraw click %s after a failed publish: %r", event.event_id, exc)
+        raise
     CLICKS_INGESTED.inc()
     return ClickAccepted(status="tracked")
 

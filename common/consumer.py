@@ -132,6 +132,17 @@ async def _record_processed(
     return len(recorded.all()) == len(event_ids)
 
 
+async def withdraw(database: Database, queue: ConsumedQueue, events: Sequence[Event]) -> None:
+    """Make `queue`'s consumer drop `events` should they arrive, by recording them as processed.
+
+    For a publisher that tells its caller a publish failed although the broker may have queued the
+    message (the confirm never came: the connection dropped or the wait timed out). Without this, the
+    copy that did land would be applied after the caller was told nothing was recorded, and a client
+    retrying would have it applied twice."""
+    async with database.engine.begin() as connection:
+        await _record_processed(connection, database, queue, events)
+
+
 async def _already_processed(database: Database, queue: ConsumedQueue, events: Sequence[Event]) -> set[str]:
     """The ids among `events` that `queue`'s consumer has already processed."""
     processed: Table = processed_events_table(database.metadata)

@@ -137,7 +137,8 @@ async def test_broker_restart(faults: dict[str, Any], management: Management) ->
         recovery_s = await all_ready(faults["fleet"], faults["http"])
         return recovery_s, (
             f"RabbitMQ node stopped cleanly (`rabbitmqctl stop`) and started again; down {down_s:.1f} s. "
-            "Meanwhile requests were taken into the services' outboxes (clicks included) and relayed later."
+            "Meanwhile registrations, orders, payments and renames were taken into the services' outboxes and "
+            "relayed once it was back; clicks, which need the broker's confirm, were refused with 503."
         )
 
     await run_fault("RabbitMQ restart", restart_broker, **faults)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import aio_pika
 import pytest
 
-from common.consumer import DEAD_LETTER_REASON_HEADER, BatchConsumer, BatchContext, Batched
+from common.consumer import DEAD_LETTER_REASON_HEADER, BatchConsumer, BatchContext, Batched, withdraw
 from common.runtime import Runtime
 from common.topology import ConsumedQueue
 from tests.integration.conftest import PINGS, Ping, PublishPing, ping_rows
@@ -187,3 +187,25 @@ async def test_graceful_stop_flushes_the_buffered_batch(
 
     assert await all_recorded_once(runtime, pings)
     assert await management.peek(test_queue.name) == []
+
+
+async def test_a_withdrawn_event_is_dropped_if_it_arrives(
+    start_batches, publish_ping: PublishPing, runtime: Runtime, test_queue: ConsumedQueue, management: Management
+) -> None:
+    # A publisher that lost the confirm answers "not recorded" and withdraws the event; had the broker
+    # queued it after all, the consumer must drop that copy.
+    withdrawn, kept = Ping(note="withdrawn"), Ping(note="kept")
+    await withdraw(runtime.database, test_queue, [withdrawn])
+    await publish_ping(event=withdrawn)
+    await publish_ping(event=kept)
+    recorder = Recorder()
+    await start_batches(recorder)
+
+    await eventually(lambda: all_recorded_once(runtime, [kept]), message="the other event was not applied")
+
+    async def queue_drained() -> bool:
+        return await management.peek(test_queue.name) == []
+
+    await eventually(queue_drained, message="the withdrawn event was left in the queue")
+    assert await ping_rows(runtime.database, withdrawn.event_id) == 0
+    assert "withdrawn" not in [note for batch in recorder.batches for note in batch]
