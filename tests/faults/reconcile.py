@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from tests.faults.load import ORDER_STOCK, Ledger, Phase
+from tests.faults.load import ORDER_STOCK, Attempt, Ledger, Phase
 from tests.support.infra import Infra
 from tests.support.rabbitmq import Management
 
@@ -136,6 +136,21 @@ async def _clicks(connection: asyncpg.Connection, phase: Phase, ledger: Ledger, 
             findings.unknown_not_applied += want + maybe - have
 
 
+def _created_once(attempt: Attempt, created: int, label: str, thing: str, findings: Findings) -> None:
+    """A request that creates one row: accepted, exactly one; unanswered, at most one; refused, none."""
+    if created > 1:
+        findings.duplicated.append((f"{label}: {created} {thing}s", created - 1))
+    if created == 0:
+        if attempt.outcome == "accepted":
+            findings.lost.append((f"{label}: no such {thing}", 1))
+        elif attempt.outcome == "unknown":
+            findings.unknown_not_applied += 1
+    elif attempt.outcome == "refused":
+        findings.refused_but_applied.append((f"{label}: the {thing} exists", 1))
+    elif attempt.outcome == "unknown":
+        findings.unknown_applied += 1
+
+
 async def _orders(connection: asyncpg.Connection, phase: Phase, ledger: Ledger, findings: Findings) -> None:
     attempts = ledger.of("order")
     rows = await connection.fetch(
@@ -157,18 +172,7 @@ async def _orders(connection: asyncpg.Connection, phase: Phase, ledger: Ledger, 
     for attempt in attempts:
         orders = by_correlation.get(attempt.correlation_id, [])
         label = f"order {attempt.correlation_id} ({attempt.outcome})"
-        if len(orders) > 1:
-            findings.duplicated.append((f"{label}: {len(orders)} orders", 1))
-        if not orders:
-            if attempt.outcome == "accepted":
-                findings.lost.append((f"{label}: no such order", 1))
-            elif attempt.outcome == "unknown":
-                findings.unknown_not_applied += 1
-            continue
-        if attempt.outcome == "refused":
-            findings.refused_but_applied.append((f"{label}: the order exists", 1))
-        elif attempt.outcome == "unknown":
-            findings.unknown_applied += 1
+        _created_once(attempt, len(orders), label, "order", findings)
         for order in orders:
             _check_order(order, charges.get(order["id"], 0), label, findings)
     await _stock_adds_up(connection, phase, findings)
@@ -224,18 +228,7 @@ async def _payments(connection: asyncpg.Connection, ledger: Ledger, findings: Fi
     for attempt in attempts:
         payments = by_amount.get(attempt.key, [])
         label = f"payment of {attempt.key} ({attempt.outcome})"
-        if len(payments) > 1:
-            findings.duplicated.append((f"{label}: {len(payments)} payments", 1))
-        if not payments:
-            if attempt.outcome == "accepted":
-                findings.lost.append((f"{label}: no such payment", 1))
-            elif attempt.outcome == "unknown":
-                findings.unknown_not_applied += 1
-            continue
-        if attempt.outcome == "refused":
-            findings.refused_but_applied.append((f"{label}: the payment exists", 1))
-        elif attempt.outcome == "unknown":
-            findings.unknown_applied += 1
+        _created_once(attempt, len(payments), label, "payment", findings)
         for payment in payments:
             if payment["status"] not in ("completed", "failed"):
                 findings.pending.append((f"{label}: still {payment['status']}", 1))
