@@ -9,20 +9,21 @@ from sqlalchemy import func, select
 from analyticsservice.metrics import CLICKS_INGESTED
 from analyticsservice.tables import click_counts, product_update_counts
 from common.events import ClickTracked
+from common.inputs import DatabaseId, Storable
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 
 router = APIRouter(tags=["analytics"])
 
 MAX_USER_ID = 2**63 - 1
 
-Page = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512)]
-SessionId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+Page = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512), Storable]
+SessionId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128), Storable]
 
 
 class ClickRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: int = Field(ge=1, le=MAX_USER_ID, examples=[123])
+    user_id: int = Field(strict=True, ge=1, le=MAX_USER_ID, examples=[123])
     page: Page = Field(examples=["homepage"])
     session_id: SessionId | None = Field(default=None, examples=["s-9f2c"])
 
@@ -99,7 +100,11 @@ async def summary(
 
 
 @router.get("/analytics/clicks", summary="Clicks counted for one page", responses=UNAVAILABLE_RESPONSE)
-async def page_clicks(runtime: RuntimeDep, page: Page = Query(examples=["homepage"])) -> PageClicks:
+async def page_clicks(
+    runtime: RuntimeDep,
+    # In Annotated: a `= Query()` default would drop the Page type's own constraints and validator.
+    page: Annotated[Page, Query(examples=["homepage"])],
+) -> PageClicks:
     async with runtime.database.engine.connect() as connection:
         clicks = await connection.scalar(select(click_counts.c.clicks).where(click_counts.c.page == page))
     return PageClicks(page=page, clicks=int(clicks or 0))
@@ -113,7 +118,7 @@ async def page_clicks(runtime: RuntimeDep, page: Page = Query(examples=["homepag
         **UNAVAILABLE_RESPONSE,
     },
 )
-async def product_updates(product_id: int, runtime: RuntimeDep) -> ProductUpdateCount:
+async def product_updates(product_id: DatabaseId, runtime: RuntimeDep) -> ProductUpdateCount:
     async with runtime.database.engine.connect() as connection:
         row = (
             await connection.execute(
