@@ -14,6 +14,7 @@ from common.broker import BrokerUnavailable
 from common.consumer import withdraw
 from common.database import is_dependency_failure
 from common.events import ClickTracked
+from common.inputs import DatabaseId, Storable
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 
 log = logging.getLogger(__name__)
@@ -22,14 +23,14 @@ router = APIRouter(tags=["analytics"])
 
 MAX_USER_ID = 2**63 - 1
 
-Page = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512)]
-SessionId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+Page = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512), Storable]
+SessionId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128), Storable]
 
 
 class ClickRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: int = Field(ge=1, le=MAX_USER_ID, examples=[123])
+    user_id: int = Field(strict=True, ge=1, le=MAX_USER_ID, examples=[123])
     page: Page = Field(examples=["homepage"])
     session_id: SessionId | None = Field(default=None, examples=["s-9f2c"])
 
@@ -120,7 +121,11 @@ async def summary(
 
 
 @router.get("/analytics/clicks", summary="Clicks counted for one page", responses=UNAVAILABLE_RESPONSE)
-async def page_clicks(runtime: RuntimeDep, page: Page = Query(examples=["homepage"])) -> PageClicks:
+async def page_clicks(
+    runtime: RuntimeDep,
+    # In Annotated: a `= Query()` default would drop the Page type's own constraints and validator.
+    page: Annotated[Page, Query(examples=["homepage"])],
+) -> PageClicks:
     async with runtime.database.engine.connect() as connection:
         clicks = await connection.scalar(select(click_counts.c.clicks).where(click_counts.c.page == page))
     return PageClicks(page=page, clicks=int(clicks or 0))
@@ -134,7 +139,7 @@ async def page_clicks(runtime: RuntimeDep, page: Page = Query(examples=["homepag
         **UNAVAILABLE_RESPONSE,
     },
 )
-async def product_updates(product_id: int, runtime: RuntimeDep) -> ProductUpdateCount:
+async def product_updates(product_id: DatabaseId, runtime: RuntimeDep) -> ProductUpdateCount:
     async with runtime.database.engine.connect() as connection:
         row = (
             await connection.execute(

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from cacheservice.tables import cached_products
+from common.inputs import DatabaseId
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 
 router = APIRouter(tags=["cache"])
@@ -32,7 +33,7 @@ class CachedProduct(BaseModel):
         **UNAVAILABLE_RESPONSE,
     },
 )
-async def read_cached_product(product_id: int, runtime: RuntimeDep) -> CachedProduct:
+async def read_cached_product(product_id: DatabaseId, runtime: RuntimeDep) -> CachedProduct:
     async with runtime.database.engine.connect() as connection:
         row = (
             await connection.execute(select(cached_products).where(cached_products.c.product_id == product_id))

@@ -127,6 +127,26 @@ def is_dependency_failure(exc: BaseException) -> bool:
     )
 
 
+# asyncpg's client-side "invalid input for query argument" (a value its codec cannot encode, such as an
+# int beyond the column's range or a string that is not UTF-8); asyncpg.exceptions.DataError is the
+# server-side SQLSTATE class 22, and both share the name.
+_ArgumentNotEncodable = asyncpg.exceptions._base.DataError
+
+
+def is_invalid_input(exc: BaseException) -> bool:
+    """True when the database refused a value of the statement (out of range, not storable text):
+    the request carried it, so it is the client's error, not the server's or a dependency's."""
+    if isinstance(exc, sqlalchemy.exc.DataError):
+        return True
+    original = getattr(exc, "orig", None) or exc.__cause__
+    candidates = (exc, original, getattr(original, "__cause__", None))
+    return any(
+        isinstance(candidate, asyncpg.exceptions.DataError | _ArgumentNotEncodable)
+        for candidate in candidates
+        if candidate is not None
+    )
+
+
 class Database:
     def __init__(self, settings: ServiceSettings, metadata: MetaData) -> None:
         if metadata.schema is None:

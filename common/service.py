@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal
 
 import sqlalchemy.exc
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import MetaData
@@ -32,8 +34,9 @@ from common import correlation
 from common.asyncapi import asyncapi_document
 from common.broker import Broker, BrokerUnavailable
 from common.consumer import BatchConsumer, Batched, Consumer, Subscription
-from common.database import Database, is_dependency_failure
+from common.database import Database, is_dependency_failure, is_invalid_input
 from common.http_metrics import instrument_http
+from common.inputs import printable
 from common.logs import configure_logging
 from common.outbox import Outbox
 from common.runtime import Runtime
@@ -65,6 +68,38 @@ class ReadinessResponse(BaseModel):
 UNAVAILABLE_RESPONSE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "The broker or the database is unavailable; nothing was accepted."}
 }
+
+
+MALFORMED_BODY_RESPONSE: dict[str, Any] = {
+    "description": "The body is not JSON (for instance, not UTF-8); nothing was accepted.",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+}
+
+
+def document_malformed_bodies(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Add the 400 FastAPI answers to a body it cannot decode to every operation that takes a body.
+
+    FastAPI answers it before any route runs, so no route's `responses=` can declare it; documenting
+    it here keeps the contract true for every route, present and future."""
+    takes_body = [
+        operation
+        for path_item in openapi.get("paths", {}).values()
+        for operation in path_item.values()
+        if isinstance(operation, dict) and "requestBody" in operation
+    ]
+    for operation in takes_body:
+        operation.setdefault("responses", {}).setdefault("400", MALFORMED_BODY_RESPONSE)
+    if takes_body:
+        schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("ErrorResponse", ErrorResponse.model_json_schema())
+    return openapi
+
+
+def validation_errors(errors: Sequence[Any]) -> list[Any]:
+    """FastAPI's 422 body, made sendable: the errors echo the input, which may hold text that UTF-8
+    cannot encode (an unpaired surrogate), and must not turn a refusal into a 500."""
+    sendable: list[Any] = printable(jsonable_encoder(errors))
+    return sendable
 
 
 async def get_runtime(request: Request) -> Runtime:  # async: a sync dependency would cost a thread hop
@@ -212,16 +247,31 @@ def create_service(
             headers={"Retry-After": "1"},
         )
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": validation_errors(exc.errors())})
+
     @app.exception_handler(sqlalchemy.exc.SQLAlchemyError)
     async def database_error(request: Request, exc: sqlalchemy.exc.SQLAlchemyError) -> JSONResponse:
-        if not is_dependency_failure(exc):
-            raise exc
-        log.warning("refusing %s %s: database unavailable: %r", request.method, request.url.path, exc)
-        return JSONResponse(
-            status_code=503,
-            content={"detail": "the database is unavailable; nothing was accepted, try again shortly"},
-            headers={"Retry-After": "1"},
-        )
+        if is_dependency_failure(exc):
+            log.warning("refusing %s %s: database unavailable: %r", request.method, request.url.path, exc)
+            return JSONResponse(
+                status_code=503,
+                content={"detail": "the database is unavailable; nothing was accepted, try again shortly"},
+                headers={"Retry-After": "1"},
+            )
+        if is_invalid_input(exc):
+            # The API models should have refused the value already; this keeps a value they let through
+            # a client error, in the shape of FastAPI's own 422 so clients read one format.
+            reason = printable(str(getattr(exc, "orig", None) or exc).split("\n", 1)[0])  # it quotes the value
+            log.warning("refusing %s %s: the database refused a value: %s", request.method, request.url.path, reason)
+            error = {
+                "type": "value_error",
+                "loc": [],
+                "msg": f"the database cannot store a value of this request: {reason}",
+            }
+            return JSONResponse(status_code=422, content={"detail": validation_errors([error])})
+        raise exc
 
     @app.exception_handler(OSError)
     async def connection_error(request: Request, exc: OSError) -> JSONResponse:
@@ -264,6 +314,15 @@ def create_service(
 
     for router in routers:
         app.include_router(router)
+
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_malformed_bodies(generate_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # FastAPI's documented way to extend the generated schema
 
     instrument_http(app)
     return app

@@ -4,6 +4,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from common.inputs import MAX_DATABASE_INT
 from common.service import UNAVAILABLE_RESPONSE, RuntimeDep
 from emailservice.tables import sent_emails
 
@@ -23,7 +24,7 @@ class SentEmail(BaseModel):
 @router.get("/emails", summary="Emails sent, newest first (optionally to one user)", responses=UNAVAILABLE_RESPONSE)
 async def list_emails(
     runtime: RuntimeDep,
-    user_id: int | None = Query(default=None, description="Only emails sent to this user."),
+    user_id: int | None = Query(default=None, ge=1, le=MAX_DATABASE_INT, description="Only emails sent to this user."),
     limit: int = Query(default=100, ge=1, le=MAX_PAGE),
 ) -> list[SentEmail]:
     query = select(sent_emails).order_by(sent_emails.c.id.desc()).limit(limit)

@@ -7,6 +7,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import insert, select
 
 from common.events import CurrencyCode, PaymentBehaviour, PaymentInitiated
+from common.inputs import StorableText
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 from paymentservice.gateway import new_payment_id
 from paymentservice.tables import payment_audit, payments
@@ -120,7 +121,8 @@ async def process_payment(request: ProcessPaymentRequest, runtime: RuntimeDep) -
     responses={404: {"model": ErrorResponse, "description": "No such payment."}, **UNAVAILABLE_RESPONSE},
 )
 async def read_payment(
-    runtime: RuntimeDep, payment_id: Annotated[str, Path(max_length=100, examples=["pay_3f2a9c1b7d4e8f60a1b2c3d4"])]
+    runtime: RuntimeDep,
+    payment_id: Annotated[StorableText, Path(max_length=100, examples=["pay_3f2a9c1b7d4e8f60a1b2c3d4"])],
 ) -> Payment:
     async with runtime.database.engine.connect() as connection:
         row = (

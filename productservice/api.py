@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from sqlalchemy import Row, func, insert, select, update
 
 from common.events import Money
+from common.inputs import MAX_DATABASE_INT, DatabaseId, Storable
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 from productservice.catalogue import publish_change
 from productservice.tables import products
@@ -18,9 +19,9 @@ router = APIRouter(tags=["products"])
 MAX_PAGE = 500
 MAX_STOCK = 1_000_000_000
 
-ProductName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
-StockFigure = Annotated[int, Field(ge=0, le=MAX_STOCK, description="Units available for sale.")]
+ProductName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Storable]
+Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000), Storable]
+StockFigure = Annotated[int, Field(strict=True, ge=0, le=MAX_STOCK, description="Units available for sale.")]
 
 NOT_FOUND_RESPONSE: dict[int | str, dict[str, object]] = {
     404: {"model": ErrorResponse, "description": "No such product."}
@@ -92,7 +93,8 @@ def _product(row: Row) -> Product:
 async def list_products(
     runtime: RuntimeDep,
     limit: int = Query(default=100, ge=1, le=MAX_PAGE),
-    offset: int = Query(default=0, ge=0),
+    # Ids are PostgreSQL integers: no offset beyond their range can find a product.
+    offset: int = Query(default=0, ge=0, le=MAX_DATABASE_INT),
 ) -> list[Product]:
     query = select(products).order_by(products.c.id).limit(limit).offset(offset)
     async with runtime.database.engine.connect() as connection:
@@ -105,7 +107,7 @@ async def list_products(
     summary="Read a product",
     responses={**NOT_FOUND_RESPONSE, **UNAVAILABLE_RESPONSE},
 )
-async def read_product(product_id: int, runtime: RuntimeDep) -> Product:
+async def read_product(product_id: DatabaseId, runtime: RuntimeDep) -> Product:
     async with runtime.database.engine.connect() as connection:
         row = (await connection.execute(select(products).where(products.c.id == product_id))).first()
     if row is None:
@@ -138,7 +140,7 @@ async def create_product(request: ProductCreate, response: Response, runtime: Ru
     "queue) in the same transaction as the change; a `stock` figure also goes to the inventory service.",
     responses={**NOT_FOUND_RESPONSE, **UNAVAILABLE_RESPONSE},
 )
-async def change_product(product_id: int, change: ProductChange, runtime: RuntimeDep) -> ProductChangeResponse:
+async def change_product(product_id: DatabaseId, change: ProductChange, runtime: RuntimeDep) -> ProductChangeResponse:
     values = change.model_dump(exclude_unset=True)
     async with runtime.outbox.transaction() as unit:
         # One statement: the row lock orders concurrent changes, so versions and events agree.

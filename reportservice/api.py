@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import insert, select
 
 from common.events import GenerateReportJob
+from common.inputs import StorableText, storable_json
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 from reportservice.tables import report_jobs
 
@@ -41,7 +42,7 @@ class ReportRequest(BaseModel):
     def _bounded(cls, parameters: dict[str, Any]) -> dict[str, Any]:
         if len(json.dumps(parameters, default=str)) > MAX_PARAMETERS_BYTES:
             raise ValueError(f"parameters must serialise to at most {MAX_PARAMETERS_BYTES} bytes of JSON")
-        return parameters
+        return storable_json(parameters)  # stored as jsonb, which holds no NUL
 
 
 class ReportAccepted(BaseModel):
@@ -96,7 +97,7 @@ async def generate_report(request: ReportRequest, runtime: RuntimeDep) -> Report
     summary="A report job's status, progress and result",
     responses={404: {"model": ErrorResponse, "description": "No such job."}, **UNAVAILABLE_RESPONSE},
 )
-async def read_job(job_id: str, runtime: RuntimeDep) -> JobStatus:
+async def read_job(job_id: StorableText, runtime: RuntimeDep) -> JobStatus:
     async with runtime.database.engine.connect() as connection:
         row = (await connection.execute(select(report_jobs).where(report_jobs.c.job_id == job_id))).first()
     if row is None:

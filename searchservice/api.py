@@ -2,17 +2,22 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import case, or_, select
 
+from common.inputs import Storable
 from common.service import UNAVAILABLE_RESPONSE, RuntimeDep
 from searchservice.tables import search_documents
 
 router = APIRouter(tags=["search"])
 
 MAX_RESULTS = 100
+
+# Surrounding whitespace is not searched for, and a query of whitespace only is refused (422) like any invalid one.
+SearchText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), Storable]
 
 
 class SearchHit(BaseModel):
@@ -46,13 +51,11 @@ def escape_like(text: str) -> str:
 )
 async def search(
     runtime: RuntimeDep,
-    q: str = Query(min_length=1, max_length=100, description="Text to look for.", examples=["laptop"]),
+    # In Annotated: a `= Query()` default would drop the type's own constraints and validator.
+    q: Annotated[SearchText, Query(description="Text to look for.", examples=["laptop"])],
     limit: int = Query(default=20, ge=1, le=MAX_RESULTS),
 ) -> SearchResults:
-    text = q.strip()
-    if not text:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="q must contain more than whitespace")
-    literal = escape_like(text)
+    literal = escape_like(q)
     pattern = f"%{literal}%"
     name_matches = search_documents.c.name.ilike(pattern, escape="\\")
     rank = case(
@@ -70,4 +73,4 @@ async def search(
     async with runtime.database.engine.connect() as connection:
         rows = (await connection.execute(query)).all()
     hits = [SearchHit.model_validate(row._mapping) for row in rows]
-    return SearchResults(query=text, count=len(hits), results=hits)
+    return SearchResults(query=q, count=len(hits), results=hits)

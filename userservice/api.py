@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
 from common.events import UserRegistered
+from common.inputs import DatabaseId
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 from userservice.tables import users
 
@@ -66,7 +67,7 @@ async def register(request: RegisterRequest, runtime: RuntimeDep) -> RegisterRes
     summary="Read a registered user",
     responses={404: {"model": ErrorResponse, "description": "No such user."}, **UNAVAILABLE_RESPONSE},
 )
-async def read_user(user_id: int, runtime: RuntimeDep) -> User:
+async def read_user(user_id: DatabaseId, runtime: RuntimeDep) -> User:
     async with runtime.database.engine.connect() as connection:
         row = (await connection.execute(select(users).where(users.c.id == user_id))).first()
     if row is None:
