@@ -487,7 +487,7 @@ async def measure(arguments: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "bench", help="where the report goes")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README to update ('' for none)")
+    parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update ('' for none)")
     parser.add_argument("--step-seconds", type=int, default=8, help="length of each click-ramp step")
     parser.add_argument("--ramp-start", type=float, default=250, help="first click rate (per second)")
     parser.add_argument("--ramp-factor", type=float, default=1.3, help="growth from one step to the next")
@@ -505,7 +505,7 @@ def main() -> None:
         results = asyncio.run(measure(arguments))
         arguments.output.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2) + "\n")
-    written = render_outputs(results, arguments.output, arguments.readme if str(arguments.readme) else None)
+    written = render_outputs(results, arguments.output, Path(arguments.readme) if arguments.readme else None)
     say(
         "wrote "
         + ", ".join(str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path) for path in written)
