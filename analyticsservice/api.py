@@ -4,7 +4,7 @@ import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from analyticsservice.metrics import CLICKS_INGESTED
@@ -14,7 +14,7 @@ from common.broker import BrokerUnavailable
 from common.consumer import withdraw
 from common.database import is_dependency_failure
 from common.events import ClickTracked
-from common.inputs import DatabaseId, Storable
+from common.inputs import DatabaseId, PlainInt, trimmed_text
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,8 @@ router = APIRouter(tags=["analytics"])
 
 MAX_USER_ID = 2**63 - 1
 
-Page = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512), Storable]
-SessionId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128), Storable]
+Page = trimmed_text(512)
+SessionId = trimmed_text(128)
 
 
 class ClickRequest(BaseModel):
@@ -96,7 +96,7 @@ async def track_click(click: ClickRequest, runtime: RuntimeDep) -> ClickAccepted
 @router.get("/analytics/summary", summary="Click and product-update counts", responses=UNAVAILABLE_RESPONSE)
 async def summary(
     runtime: RuntimeDep,
-    top_pages: int = Query(default=100, ge=1, le=1000, description="How many pages `clicks_by_page` lists."),
+    top_pages: PlainInt = Query(default=100, ge=1, le=1000, description="How many pages `clicks_by_page` lists."),
 ) -> Summary:
     async with runtime.database.engine.connect() as connection:
         clicks_total, pages_total = (

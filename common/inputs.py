@@ -9,13 +9,16 @@ field, instead of failing deep inside a handler or a consumer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
 
 # PostgreSQL `integer`, the type of every id column (and of the counts they are compared with).
 MAX_DATABASE_INT = 2**31 - 1
+
+_INTEGER_TEXT = re.compile(r"-?[0-9]+")
 
 
 def storable_text(value: str) -> str:
@@ -55,7 +58,32 @@ def printable(value: Any) -> Any:
     return value
 
 
+def not_blank(value: str) -> str:
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
+def trimmed_text(max_length: int, *, required: bool = True) -> Any:
+    """Text stripped of surrounding whitespace. The length limits apply to the text as sent, which is
+    what the OpenAPI schema documents (stripping first would accept a longer value than documented);
+    a required text must not be blank once stripped."""
+    checks = (AfterValidator(str.strip), AfterValidator(not_blank)) if required else (AfterValidator(str.strip),)
+    return Annotated[str, StringConstraints(min_length=1 if required else 0, max_length=max_length), *checks, Storable]
+
+
+def integer_text(value: Any) -> Any:
+    """Path and query values arrive as text, and pydantic's lax int parsing also takes " 7", "\u00a07",
+    "7_0", "+7" and "7.0": none of them an integer as the OpenAPI schema documents it."""
+    if isinstance(value, str) and not _INTEGER_TEXT.fullmatch(value):
+        raise ValueError("must be an integer, written in decimal digits only")
+    return value
+
+
+# An integer path or query parameter: digits only (a JSON body's integers are checked by pydantic itself).
+PlainInt = Annotated[int, BeforeValidator(integer_text)]
+
 # After any StringConstraints in the same Annotated: their stripping must come first.
 Storable = AfterValidator(storable_text)
 StorableText = Annotated[str, Storable]
-DatabaseId = Annotated[int, Field(ge=1, le=MAX_DATABASE_INT)]
+DatabaseId = Annotated[PlainInt, Field(ge=1, le=MAX_DATABASE_INT)]

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from common.inputs import MAX_DATABASE_INT
+from common.inputs import MAX_DATABASE_INT, PlainInt
 from common.service import UNAVAILABLE_RESPONSE, RuntimeDep
 from emailservice.tables import sent_emails
 
@@ -24,8 +24,10 @@ class SentEmail(BaseModel):
 @router.get("/emails", summary="Emails sent, newest first (optionally to one user)", responses=UNAVAILABLE_RESPONSE)
 async def list_emails(
     runtime: RuntimeDep,
-    user_id: int | None = Query(default=None, ge=1, le=MAX_DATABASE_INT, description="Only emails sent to this user."),
-    limit: int = Query(default=100, ge=1, le=MAX_PAGE),
+    user_id: PlainInt | None = Query(
+        default=None, ge=1, le=MAX_DATABASE_INT, description="Only emails sent to this user."
+    ),
+    limit: PlainInt = Query(default=100, ge=1, le=MAX_PAGE),
 ) -> list[SentEmail]:
     query = select(sent_emails).order_by(sent_emails.c.id.desc()).limit(limit)
     if user_id is not None:

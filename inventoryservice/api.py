@@ -5,13 +5,14 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from common.inputs import PlainInt
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 from inventoryservice.tables import reservations, stock
 
 router = APIRouter(tags=["inventory"])
 
 MAX_PAGE = 500
-DatabaseId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+DatabaseId = Annotated[PlainInt, Path(ge=1, le=2**31 - 1)]
 
 
 class StockLevel(BaseModel):
@@ -69,7 +70,7 @@ async def read_stock(product_id: DatabaseId, runtime: RuntimeDep) -> StockLevel:
 
 
 @router.get("/inventory", summary="Every product's stock, by product id", responses=UNAVAILABLE_RESPONSE)
-async def list_stock(runtime: RuntimeDep, limit: int = Query(default=100, ge=1, le=MAX_PAGE)) -> list[StockLevel]:
+async def list_stock(runtime: RuntimeDep, limit: PlainInt = Query(default=100, ge=1, le=MAX_PAGE)) -> list[StockLevel]:
     async with runtime.database.engine.connect() as connection:
         rows = (await connection.execute(select(*_STOCK_COLUMNS).order_by(stock.c.product_id).limit(limit))).all()
     return [StockLevel.model_validate(row._mapping) for row in rows]

@@ -8,6 +8,7 @@ from sqlalchemy import func, insert, select
 
 from common.correlation import current_correlation_id
 from common.events import OrderCreated, PaymentBehaviour
+from common.inputs import PlainInt
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 from orderservice.tables import order_steps, orders
 from orderservice.timeouts import order_settings
@@ -114,7 +115,7 @@ async def create_order(request: CreateOrderRequest, runtime: RuntimeDep) -> Orde
     summary="An order: its status, failure reason and saga timeline",
     responses={404: {"model": ErrorResponse, "description": "No such order."}, **UNAVAILABLE_RESPONSE},
 )
-async def read_order(order_id: Annotated[int, Path(ge=1, le=MAX_ID)], runtime: RuntimeDep) -> Order:
+async def read_order(order_id: Annotated[PlainInt, Path(ge=1, le=MAX_ID)], runtime: RuntimeDep) -> Order:
     async with runtime.database.engine.connect() as connection:
         order = (await connection.execute(select(orders).where(orders.c.id == order_id))).first()
         if order is None:
@@ -152,8 +153,8 @@ async def read_order(order_id: Annotated[int, Path(ge=1, le=MAX_ID)], runtime: R
 async def list_orders(
     runtime: RuntimeDep,
     status_filter: OrderStatus | None = Query(default=None, alias="status", description="Only orders in this status."),
-    product_id: int | None = Query(default=None, ge=1, le=MAX_ID, description="Only orders of this product."),
-    limit: int = Query(default=100, ge=1, le=MAX_PAGE),
+    product_id: PlainInt | None = Query(default=None, ge=1, le=MAX_ID, description="Only orders of this product."),
+    limit: PlainInt = Query(default=100, ge=1, le=MAX_PAGE),
 ) -> list[OrderSummary]:
     query = select(orders).order_by(orders.c.id.desc()).limit(limit)
     if status_filter is not None:

@@ -7,7 +7,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import insert, select
 
 from common.events import CurrencyCode, PaymentBehaviour, PaymentInitiated
-from common.inputs import StorableText
+from common.inputs import PlainInt, StorableText
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 from paymentservice.gateway import new_payment_id
 from paymentservice.tables import payment_audit, payments
@@ -142,8 +142,8 @@ async def read_payment(
 )
 async def list_payments(
     runtime: RuntimeDep,
-    order_id: int | None = Query(default=None, ge=1, le=2**31 - 1, description="Only this order's payment."),
-    limit: int = Query(default=100, ge=1, le=MAX_PAGE),
+    order_id: PlainInt | None = Query(default=None, ge=1, le=2**31 - 1, description="Only this order's payment."),
+    limit: PlainInt = Query(default=100, ge=1, le=MAX_PAGE),
 ) -> list[Payment]:
     query = select(*_PAYMENT_COLUMNS).select_from(_WITH_AUDIT).order_by(payments.c.created_at.desc()).limit(limit)
     if order_id is not None:

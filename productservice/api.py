@@ -5,11 +5,11 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Row, func, insert, select, update
 
 from common.events import Money
-from common.inputs import MAX_DATABASE_INT, DatabaseId, Storable
+from common.inputs import MAX_DATABASE_INT, DatabaseId, PlainInt, trimmed_text
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 from productservice.catalogue import publish_change
 from productservice.tables import products
@@ -19,8 +19,8 @@ router = APIRouter(tags=["products"])
 MAX_PAGE = 500
 MAX_STOCK = 1_000_000_000
 
-ProductName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Storable]
-Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000), Storable]
+ProductName = trimmed_text(200)
+Description = trimmed_text(2000, required=False)
 StockFigure = Annotated[int, Field(strict=True, ge=0, le=MAX_STOCK, description="Units available for sale.")]
 
 NOT_FOUND_RESPONSE: dict[int | str, dict[str, object]] = {
@@ -92,9 +92,9 @@ def _product(row: Row) -> Product:
 @router.get("/products", summary="List products by id", responses=UNAVAILABLE_RESPONSE)
 async def list_products(
     runtime: RuntimeDep,
-    limit: int = Query(default=100, ge=1, le=MAX_PAGE),
+    limit: PlainInt = Query(default=100, ge=1, le=MAX_PAGE),
     # Ids are PostgreSQL integers: no offset beyond their range can find a product.
-    offset: int = Query(default=0, ge=0, le=MAX_DATABASE_INT),
+    offset: PlainInt = Query(default=0, ge=0, le=MAX_DATABASE_INT),
 ) -> list[Product]:
     query = select(products).order_by(products.c.id).limit(limit).offset(offset)
     async with runtime.database.engine.connect() as connection:

@@ -5,10 +5,10 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field
 from sqlalchemy import case, or_, select
 
-from common.inputs import Storable
+from common.inputs import PlainInt, trimmed_text
 from common.service import UNAVAILABLE_RESPONSE, RuntimeDep
 from searchservice.tables import search_documents
 
@@ -17,7 +17,7 @@ router = APIRouter(tags=["search"])
 MAX_RESULTS = 100
 
 # Surrounding whitespace is not searched for, and a query of whitespace only is refused (422) like any invalid one.
-SearchText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), Storable]
+SearchText = trimmed_text(100)
 
 
 class SearchHit(BaseModel):
@@ -53,7 +53,7 @@ async def search(
     runtime: RuntimeDep,
     # In Annotated: a `= Query()` default would drop the type's own constraints and validator.
     q: Annotated[SearchText, Query(description="Text to look for.", examples=["laptop"])],
-    limit: int = Query(default=20, ge=1, le=MAX_RESULTS),
+    limit: PlainInt = Query(default=20, ge=1, le=MAX_RESULTS),
 ) -> SearchResults:
     literal = escape_like(q)
     pattern = f"%{literal}%"

@@ -75,6 +75,14 @@ class FaultReport:
         self.rows.append(row)
         self.notes.append(f"- **{row.fault}**: {note}")
 
+    def extend_last_note(self, text: str) -> None:
+        self.notes[-1] += f" {text}"
+
+    def in_fault_order(self) -> tuple[list[ReportRow], list[str]]:
+        """The faults under load first, in the order they ran; the fuzzing (no ledger) last."""
+        entries = sorted(zip(self.rows, self.notes, strict=True), key=lambda entry: entry[0].lost is None)
+        return [row for row, _ in entries], [note for _, note in entries]
+
 
 @pytest.fixture(scope="package")
 def fault_report(request: pytest.FixtureRequest) -> Iterator[FaultReport]:
@@ -83,14 +91,15 @@ def fault_report(request: pytest.FixtureRequest) -> Iterator[FaultReport]:
     yield report
     if not report.rows:
         return
+    rows, notes = report.in_fault_order()
     text = render_report(
-        report.rows,
+        rows,
         {
             "date": f"{datetime.now(UTC):%Y-%m-%d}",
             "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
             f"{_cpus()} cores",
             "rate": RATE_PER_S,
-            "notes": report.notes,
+            "notes": notes,
         },
     )
     destinations = [ARTIFACTS / "fault-injection-report.md"]

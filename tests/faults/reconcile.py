@@ -286,15 +286,17 @@ async def _queues_drained(management: Management, findings: Findings) -> None:
 
 @dataclass(frozen=True)
 class ReportRow:
+    """None where a figure does not apply to the fault (nothing went down, no ledger to reconcile)."""
+
     fault: str
     sent: int
     accepted: int
     refused: int
     unknown: int
-    lost: int
-    duplicated: int
-    recovery_s: float | None  # None: nothing went down
-    settled_s: float
+    lost: int | None
+    duplicated: int | None
+    recovery_s: float | None
+    settled_s: float | None
 
 
 def report_row(fault: str, ledger: Ledger, findings: Findings, recovery_s: float | None, settled_s: float) -> ReportRow:
@@ -327,10 +329,14 @@ def render_report(rows: list[ReportRow], details: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        figures = (row.sent, row.accepted, row.refused, row.unknown, row.lost, row.duplicated)
+        times = (row.recovery_s, row.settled_s)
         lines.append(
-            f"| {row.fault} | {row.sent} | {row.accepted} | {row.refused} | {row.unknown} | {row.lost} | "
-            f"{row.duplicated} | {'-' if row.recovery_s is None else f'{row.recovery_s:.1f} s'} | "
-            f"{row.settled_s:.1f} s |"
+            f"| {row.fault} | "
+            + " | ".join("-" if figure is None else str(figure) for figure in figures)
+            + " | "
+            + " | ".join("-" if seconds is None else f"{seconds:.1f} s" for seconds in times)
+            + " |"
         )
     lines += [
         "",

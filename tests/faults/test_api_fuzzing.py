@@ -8,9 +8,12 @@ invalid input always refused with a 4xx, and no 2xx that reports an error instea
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -25,6 +28,8 @@ from schemathesis.specs.openapi.checks import (
 
 from devtools.fleet import SERVICES
 from tests.e2e.conftest import ARTIFACTS, FAST_FLEET_ENVIRONMENT
+from tests.faults.conftest import FaultReport
+from tests.faults.reconcile import ReportRow
 from tests.support.fleet import Fleet
 from tests.support.infra import isolated_infra
 
@@ -85,7 +90,41 @@ async def fleet() -> AsyncIterator[Fleet]:
             await running.close()
 
 
-def fuzz(base_url: str, operation: APIOperation, mode: GenerationMode) -> None:
+@dataclass
+class Tally:
+    """What the fuzzing sent and how the fleet answered, for the fault report."""
+
+    answers: Counter[str] = field(default_factory=Counter)
+    operations: int = 0
+
+
+@pytest.fixture(scope="module")
+def tally(fault_report: FaultReport) -> Iterator[Tally]:
+    counted = Tally()
+    yield counted
+    answers = counted.answers
+    fault_report.add(
+        ReportRow(
+            fault="API fuzzing (schemathesis)",
+            sent=sum(answers.values()),
+            accepted=answers["2xx"],
+            refused=answers["4xx"],
+            unknown=answers["no answer"],
+            lost=None,
+            duplicated=None,
+            recovery_s=None,
+            settled_s=None,
+        ),
+        f"{counted.operations} operations of the ten services, {EXAMPLES_PER_OPERATION} valid and "
+        f"{EXAMPLES_PER_OPERATION} invalid examples each (fixed seed); answers by class: "
+        + ", ".join(f"{name} {count}" for name, count in sorted(answers.items()))
+        + ". No 5xx and no request over the 10 s timeout is allowed; every invalid request must be refused "
+        "with a 4xx, and every answer must match the documented status codes and schemas. *Refused* here "
+        "counts the 4xx answers.",
+    )
+
+
+def fuzz(base_url: str, operation: APIOperation, mode: GenerationMode, tally: Tally) -> None:
     """Send `operation` the examples of `mode` (valid or invalid requests) and check every answer."""
     sent = 0
 
@@ -94,7 +133,12 @@ def fuzz(base_url: str, operation: APIOperation, mode: GenerationMode) -> None:
     def examples(case: Case) -> None:
         nonlocal sent
         sent += 1
-        response = case.call(base_url=base_url, timeout=REQUEST_TIMEOUT_S)
+        try:
+            response = case.call(base_url=base_url, timeout=REQUEST_TIMEOUT_S)
+        except requests.RequestException:
+            tally.answers["no answer"] += 1
+            raise
+        tally.answers[f"{response.status_code // 100}xx"] += 1
         case.validate_response(response, checks=CHECKS)
 
     try:
@@ -108,7 +152,7 @@ def fuzz(base_url: str, operation: APIOperation, mode: GenerationMode) -> None:
 
 
 @pytest.mark.parametrize("service", [service.name for service in SERVICES])
-def test_no_input_breaks_the_api(fleet: Fleet, service: str) -> None:
+def test_no_input_breaks_the_api(fleet: Fleet, service: str, tally: Tally) -> None:
     base_url = fleet.url(service)
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", timeout=REQUEST_TIMEOUT_S)
     failures = []
@@ -116,9 +160,10 @@ def test_no_input_breaks_the_api(fleet: Fleet, service: str) -> None:
     for result in schema.get_all_operations():
         operation = result.ok()
         operations += 1
+        tally.operations += 1
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             try:
-                fuzz(base_url, operation, mode)
+                fuzz(base_url, operation, mode, tally)
             # Schemathesis reports its checks' failures as an exception group; every operation is fuzzed
             # and all failures are reported together below.
             except (Exception, BaseExceptionGroup) as exc:

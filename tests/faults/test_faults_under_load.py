@@ -172,7 +172,7 @@ async def test_consumers_killed_holding_unacknowledged_messages(
         recovery_s = time.monotonic() - started
         return recovery_s, (
             f"SIGKILL to emailservice and analyticsservice while they held unacknowledged deliveries "
-            f"({held[USER_REGISTERED.name]} registrations, {held[CLICK_TRACKED.name]} clicks, as the management "
+            f"(registrations: {held[USER_REGISTERED.name]}, clicks: {held[CLICK_TRACKED.name]}, as the management "
             f"API last sampled them); restarted after {OUTAGE_S:.0f} s; time to recover is their start to ready."
         )
 
@@ -307,8 +307,8 @@ async def test_duplicate_and_malformed_messages(faults: dict[str, Any], manageme
     assert {queue: {m["properties"]["message_id"] for m in messages} for queue, messages in letters.items()} == injected
     for queue in letters:
         await management.take(queue, count=1000)  # the poison was the test's own; leave the DLQs empty
-    faults["fault_report"].notes[-1] += (
-        f" Injected {sum(len(ids) for ids in injected.values())} malformed messages into {len(POISON_QUEUES)} queues "
+    faults["fault_report"].extend_last_note(
+        f"Injected {sum(len(ids) for ids in injected.values())} malformed messages into {len(POISON_QUEUES)} queues "
         f"(each ended in its queue's `.dlq` with a reason, nothing else did) and "
         f"{sum(duplicates.values())} copies of already-handled events ({duplicates}); none was applied again."
     )

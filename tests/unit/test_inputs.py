@@ -16,7 +16,16 @@ from fastapi import APIRouter
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from common.database import is_dependency_failure, is_invalid_input, service_metadata
-from common.inputs import MAX_DATABASE_INT, DatabaseId, StorableText, printable, storable_json, storable_text
+from common.inputs import (
+    MAX_DATABASE_INT,
+    DatabaseId,
+    PlainInt,
+    StorableText,
+    printable,
+    storable_json,
+    storable_text,
+    trimmed_text,
+)
 from common.service import create_service, document_malformed_bodies
 from common.settings import ServiceSettings
 
@@ -184,3 +193,33 @@ async def test_a_value_the_database_refuses_is_a_422_in_fastapis_format(client: 
 async def test_a_database_error_that_is_a_bug_stays_a_500(client: httpx.AsyncClient) -> None:
     response = await client.get("/refused/bug")
     assert response.status_code == 500
+
+
+def test_trimmed_text_checks_the_documented_length_on_the_text_as_sent() -> None:
+    text = TypeAdapter(trimmed_text(5))
+    assert text.validate_python("  ab ") == "ab"
+    assert text.json_schema() == {"type": "string", "minLength": 1, "maxLength": 5}
+    # Stripping first would accept this 11-character value against a documented maxLength of 5.
+    with pytest.raises(ValidationError, match="at most 5 characters"):
+        text.validate_python("\x0c" * 10 + "a")
+    with pytest.raises(ValidationError, match="must not be blank"):
+        text.validate_python("   ")
+    with pytest.raises(ValidationError, match="NUL"):
+        text.validate_python("a\x00")
+
+
+def test_optional_trimmed_text_may_be_blank() -> None:
+    assert TypeAdapter(trimmed_text(5, required=False)).validate_python("   ") == ""
+
+
+@pytest.mark.parametrize("text", [" 7", "\u00a07", "7_0", "+7", "7.0", "\u0667", ""])
+def test_integer_parameters_take_decimal_digits_only(text: str) -> None:
+    # pydantic's lax parsing would read most of these as 7 or 70; the OpenAPI schema says integer.
+    with pytest.raises(ValidationError, match="decimal digits only"):
+        TypeAdapter(PlainInt).validate_python(text)
+
+
+def test_integer_parameters_as_text_and_as_numbers() -> None:
+    assert TypeAdapter(PlainInt).validate_python("42") == 42
+    assert TypeAdapter(PlainInt).validate_python("-3") == -3
+    assert TypeAdapter(DatabaseId).validate_python(7) == 7
