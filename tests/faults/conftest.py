@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import ARTIFACTS, FAST_FLEET_ENVIRONMENT
-from tests.faults.load import RATE_PER_S
+from tests.faults.load import RATE_PER_S, RECOVERY_BOUND_S
 from tests.faults.private_infra import PrivateInfra, private_infra
 from tests.faults.reconcile import ReportRow, render_report
 from tests.support.fleet import Fleet
@@ -99,6 +99,7 @@ def fault_report(request: pytest.FixtureRequest) -> Iterator[FaultReport]:
             "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
             f"{_cpus()} cores",
             "rate": RATE_PER_S,
+            "recovery_bound_s": RECOVERY_BOUND_S,
             "notes": notes,
         },
     )

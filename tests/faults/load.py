@@ -27,6 +27,7 @@ Outcome = Literal["accepted", "refused", "rejected", "unknown"]
 Kind = Literal["register", "click", "order", "payment", "product_update"]
 
 REQUEST_TIMEOUT_S = 10.0
+RECOVERY_BOUND_S = 30.0  # every service must be ready again this soon after a fault ends
 RATE_PER_S = 20.0  # requests per second besides the renames; light enough for a shared 2-core machine
 # Per ten requests: five clicks, two registrations, two orders (both payment outcomes), one payment;
 # product renames run beside them, one at a time, so "the latest name" is well defined.

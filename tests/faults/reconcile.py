@@ -322,7 +322,8 @@ def render_report(rows: list[ReportRow], details: dict[str, Any]) -> str:
         f"on {details['machine']}. Each fault ran under steady mixed load of about "
         f"{details['rate']:.0f} requests/s (clicks, registrations, orders with both payment outcomes, "
         "payments, product renames); then every request in the load generator's ledger was reconciled "
-        "against the services' tables and the broker's queues.",
+        "against the services' tables and the broker's queues. A fault's test fails on any request lost or "
+        f"applied twice, and if any service is not ready again within {details['recovery_bound_s']:.0f} s.",
         "",
         "| fault | requests sent | accepted | refused | unanswered | lost | duplicated | time to recover | "
         "time to settle |",

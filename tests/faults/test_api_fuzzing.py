@@ -116,7 +116,7 @@ def tally(fault_report: FaultReport) -> Iterator[Tally]:
             settled_s=None,
         ),
         f"{counted.operations} operations of the ten services, {EXAMPLES_PER_OPERATION} valid and "
-        f"{EXAMPLES_PER_OPERATION} invalid examples each (fixed seed); answers by class: "
+        f"{EXAMPLES_PER_OPERATION} invalid examples each (derandomized); answers by class: "
         + ", ".join(f"{name} {count}" for name, count in sorted(answers.items()))
         + ". No 5xx and no request over the 10 s timeout is allowed; every invalid request must be refused "
         "with a 4xx, and every answer must match the documented status codes and schemas. *Refused* here "

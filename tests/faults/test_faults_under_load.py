@@ -26,7 +26,7 @@ from common.events import ClickTracked, OrderCreated, UserRegistered
 from common.topology import CLICK_TRACKED, ORDER_CREATED, PAYMENT_INITIATED, SEARCH_PRODUCT_UPDATES, USER_REGISTERED
 from devtools.fleet import SERVICES
 from tests.faults.conftest import FaultReport
-from tests.faults.load import RATE_PER_S, Ledger, LoadGenerator, Phase, click_page, prepare_phase
+from tests.faults.load import RATE_PER_S, RECOVERY_BOUND_S, Ledger, LoadGenerator, Phase, click_page, prepare_phase
 from tests.faults.private_infra import PrivateInfra
 from tests.faults.reconcile import Findings, asyncpg_dsn, finalize, reconcile, report_row
 from tests.support.fleet import Fleet
@@ -39,7 +39,6 @@ WARMUP_S = 4.0  # load before the fault, so it strikes mid-stream
 OUTAGE_S = 4.0  # how long a dependency stays down
 AFTER_S = 4.0  # load after recovery
 SETTLE_TIMEOUT_S = 120.0
-RECOVERY_BOUND_S = 30.0
 ALL_SERVICES = tuple(service.name for service in SERVICES)
 
 _PHASE_NUMBERS = itertools.count(1)  # phases never share amounts or names, even after a failed test
