@@ -124,16 +124,21 @@ async def _clicks(connection: asyncpg.Connection, phase: Phase, ledger: Ledger, 
     rows = await connection.fetch("SELECT page, clicks FROM analyticsservice.click_counts WHERE page = ANY($1)", pages)
     counted = {row["page"]: int(row["clicks"]) for row in rows}
     for page in pages:
-        have, want, maybe = counted.get(page, 0), accepted[page], unknown[page]
-        if have < want:
-            findings.pending.append((f"clicks on {page}: {have} counted of {want} accepted", want - have))
-        elif have > want + maybe:
-            findings.duplicated.append(
-                (f"clicks on {page}: {have} counted, {want} accepted (+{maybe} unanswered)", have - want - maybe)
-            )
-        else:
-            findings.unknown_applied += have - want
-            findings.unknown_not_applied += want + maybe - have
+        _counted_once(f"clicks on {page}", counted.get(page, 0), accepted[page], unknown[page], findings)
+
+
+def _counted_once(what: str, counted: int, accepted: int, unanswered: int, findings: Findings) -> None:
+    """A counter that each accepted request adds one to, and each unanswered one at most one."""
+    if counted < accepted:
+        findings.pending.append((f"{what}: {counted} counted of {accepted} accepted", accepted - counted))
+    elif counted > accepted + unanswered:
+        excess = counted - accepted - unanswered
+        findings.duplicated.append(
+            (f"{what}: {counted} counted, {accepted} accepted (+{unanswered} unanswered)", excess)
+        )
+    else:
+        findings.unknown_applied += counted - accepted
+        findings.unknown_not_applied += accepted + unanswered - counted
 
 
 def _created_once(attempt: Attempt, created: int, label: str, thing: str, findings: Findings) -> None:
@@ -255,17 +260,8 @@ async def _renames(connection: asyncpg.Connection, phase: Phase, ledger: Ledger,
     counted = await connection.fetchval(
         "SELECT updates FROM analyticsservice.product_update_counts WHERE product_id = $1", phase.renamed_product_id
     )
-    counted = int(counted or 0)
-    wanted = 1 + accepted  # the creation counts too
-    if counted < wanted:
-        findings.pending.append((f"analytics counted {counted} updates of {wanted}", wanted - counted))
-    elif counted > wanted + unknown:
-        findings.duplicated.append(
-            (f"analytics counted {counted} updates; {wanted} made (+{unknown} unanswered)", counted - wanted - unknown)
-        )
-    else:
-        findings.unknown_applied += counted - wanted
-        findings.unknown_not_applied += wanted + unknown - counted
+    # The creation counts as an update too.
+    _counted_once("analytics' product updates", int(counted or 0), 1 + accepted, unknown, findings)
 
 
 async def _outboxes_drained(connection: asyncpg.Connection, findings: Findings) -> None:
