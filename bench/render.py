@@ -23,6 +23,8 @@ CLICK_RATIO_TARGET = 0.6
 END_TO_END_P95_TARGET_MS = 50.0
 SAGA_MARGIN_MS = 300.0
 RSS_TARGET_MB = 150.0
+CPU_MULTIPLE_TARGET = 7.0
+REPORT_COST_RATIO_TARGET = 1.2
 
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
@@ -120,6 +122,138 @@ def accept_section(results: Mapping[str, Any], level: str) -> list[str]:
         f"Checks: {checks['passed']} passed, {checks['failed']} failed; dropped arrivals: "
         f"{default['dropped_iterations']}; completions past their deadline: {default['deadline_misses']}; "
         + ("k6 thresholds: all passed." if not thresholds else f"k6 thresholds failed: {', '.join(thresholds)}."),
+    ]
+
+
+LEDGER_ROWS = (
+    ("userservice", "userservice"),
+    ("paymentservice", "paymentservice"),
+    ("productservice", "productservice"),
+    ("reportservice", "reportservice (serving and consuming)"),
+    ("orderservice", "orderservice"),
+    ("analyticsservice", "analyticsservice"),
+    ("emailservice", "emailservice"),
+    ("searchservice", "searchservice"),
+    ("cacheservice", "cacheservice"),
+    ("inventoryservice", "inventoryservice"),
+    ("rabbitmq", "RabbitMQ"),
+    ("postgresql", "PostgreSQL"),
+)
+LEFT_OUT_ROWS = (
+    ("report workers", "report worker processes (hashing)"),
+    ("k6", "k6 (both runs)"),
+    ("bare endpoint", "bare endpoint (bench/bare.py)"),
+)
+
+
+def ledger_section(results: Mapping[str, Any], level: str) -> list[str]:
+    ledger = results.get("ledger")
+    if not ledger:
+        return []
+    cpu = ledger["cpu_s"]
+    fleet = ledger["fleet_cpu_s"]
+    rows = [[label, f"{cpu[key]:.2f}", f"{cpu[key] / fleet:.0%}" if fleet else "-"] for key, label in LEDGER_ROWS]
+    rows.append(["**fleet**", f"**{fleet:.2f}**", "100%"])
+    rows += [[f"{label}, not counted", f"{cpu[key]:.2f}", ""] for key, label in LEFT_OUT_ROWS]
+    requests = ledger["requests"]
+    accepted = ledger["per_accepted_request"]
+    other = ledger["per_accepted_non_click_request"]
+    messages = ledger["messages"]
+    multiple = ledger["multiple_of_bare"]
+    return [
+        f"{level} Cost ledger, k6 default profile",
+        "",
+        f"CPU time (user + system, from `/proc`) each group of processes used over {ledger['window_s']:.0f} s: from",
+        "just before k6 started until the queues had drained and PostgreSQL's statistics settled (the fleet's",
+        "idle work in those seconds counts too). The fleet is the ten services, RabbitMQ and PostgreSQL; the",
+        "report hashing and the load generator are left out. The unit is the bare endpoint, taking a steady",
+        f"{results['settings'].get('bare_rate', 120)} requests/s beside the load in the same run.",
+        "",
+        *_table(["Process", "CPU s", "Share of the fleet"], rows),
+        "",
+        *_table(
+            ["Figure", "Value"],
+            [
+                [
+                    "HTTP requests k6 made (accepts and status polls)",
+                    f"{requests['total']:,.0f} ({requests['accepted']:,.0f} accepts, "
+                    f"{requests['accepted_clicks']:,.0f} of them clicks)",
+                ],
+                [
+                    "messages published / delivered",
+                    f"{messages['published_clicks'] + messages['published_other']:,.0f} / "
+                    f"{messages['delivered_clicks'] + messages['delivered_other']:,.0f}",
+                ],
+                [
+                    "per accepted request: published, delivered, transactions committed",
+                    f"{accepted['published']}, {accepted['delivered']}, {accepted['committed']}",
+                ],
+                [
+                    "per accepted request of scenarios 1-5: published, delivered",
+                    f"{other['published']}, {other['delivered']}",
+                ],
+                [
+                    "transactions committed / rolled back (PostgreSQL's count for the fleet's database)",
+                    f"{ledger['transactions']['committed']:,.0f} / {ledger['transactions']['rolled_back']:,.0f}",
+                ],
+                ["fleet CPU per request", f"{ms(ledger['fleet_cpu_ms_per_request'] or 0)} ms"],
+                [
+                    "bare endpoint CPU per request",
+                    f"{ledger['bare_cpu_ms_per_request']:.3f} ms" if ledger["bare_cpu_ms_per_request"] else "-",
+                ],
+                [
+                    f"fleet per request, multiple of the bare endpoint (<= {CPU_MULTIPLE_TARGET:g}x)",
+                    "-" if multiple is None else f"{multiple:.1f}x: {verdict(multiple <= CPU_MULTIPLE_TARGET)}",
+                ],
+            ],
+        ),
+    ]
+
+
+def ab_section(results: Mapping[str, Any], level: str) -> list[str]:
+    near_free = results.get("reports_near_free")
+    if not near_free:
+        return []
+    real = {row["flow"]: row for row in results["default_profile"]["accept_latency"]}
+    cheap = {row["flow"]: row for row in near_free["default_profile"]["accept_latency"]}
+    rows = []
+    for flow, (number, endpoint) in SCENARIOS.items():
+        with_reports, without = real.get(flow, {}).get("p95_ms"), cheap.get(flow, {}).get("p95_ms")
+        ratio = with_reports / without if with_reports and without else None
+        rows.append(
+            [
+                f"{number} {flow}",
+                f"`{endpoint}`",
+                ms(with_reports),
+                ms(without),
+                "-" if ratio is None else f"{ratio:.2f}x",
+                verdict(None if ratio is None else ratio <= REPORT_COST_RATIO_TARGET),
+            ]
+        )
+    ledger = near_free["ledger"]
+    seconds = results.get("delays", {}).get("report_jobs_queue", {}).get("value")
+    return [
+        f"{level} What report hashing costs the rest: the default profile twice",
+        "",
+        f"Once with reports at their real cost (REPORT_CPU_SECONDS = {seconds:g}), once at almost none "
+        f"({near_free['report_cpu_seconds']:g} s);"
+        if seconds is not None
+        else "Reports at their real cost, then at almost none;",
+        "the workers hash on CPU nothing else wants, so the accept latency of every scenario should not depend on",
+        "them. Fleet CPU per request with reports near free: "
+        f"{ms(ledger['fleet_cpu_ms_per_request'] or 0)} ms ({ledger['multiple_of_bare']}x the bare endpoint).",
+        "",
+        *_table(
+            [
+                "Scenario",
+                "Endpoint",
+                "P95 ms, real reports",
+                "P95 ms, reports near free",
+                "Ratio",
+                f"<= {REPORT_COST_RATIO_TARGET:g}x",
+            ],
+            rows,
+        ),
     ]
 
 
@@ -319,8 +453,11 @@ def report_body(results: Mapping[str, Any], level: str, chart_path: str) -> list
         "",
         *accept_section(results, level),
         "",
-        *click_section(results, level),
+        *ledger_section(results, level),
         "",
+        *ab_section(results, level),
+        "",
+        *([*click_section(results, level), ""] if "click_ramp" in results else []),
         *end_to_end_section(results, level),
         "",
         *saga_section(results, level),
@@ -367,8 +504,10 @@ def render_chart(results: Mapping[str, Any], path: Path) -> None:
     latency_axes.set_title("Default profile: accept latency per scenario", fontsize=10)
     latency_axes.legend(fontsize=8)
 
-    ramp = results["click_ramp"]
+    ramp = results.get("click_ramp", {})
     for name, colour in (("fleet", "tab:blue"), ("bare", "tab:gray")):
+        if name not in ramp:
+            continue
         steps = sorted(ramp[name]["steps"], key=lambda step: step["target_rate"])
         rates = [step["target_rate"] for step in steps]
         p95 = [step["p95_ms"] or 0 for step in steps]

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import signal
 import subprocess
 import sys
@@ -34,6 +35,18 @@ import asyncpg
 import httpx
 
 from bench.analysis import Histogram, RampStep, histograms, label, merge, ramp_rates, window
+from bench.ledger import (
+    POSTGRES_COMMANDS,
+    RABBITMQ_COMMANDS,
+    ProcessGroup,
+    build_ledger,
+    cpu_used,
+    k6_request_counts,
+    messages,
+    process_times,
+    processes_named,
+    read_cpu,
+)
 from bench.render import render_outputs
 from devtools.fleet import SERVICES
 from devtools.provision import admin_dsn, credentials_of
@@ -51,6 +64,12 @@ MIN_RAMP_RATE = 25
 E2E_HISTOGRAM = "message_end_to_end_latency_seconds"
 SAGA_HISTOGRAM = "saga_duration_seconds"
 QUANTILES = (0.5, 0.95, 0.99)
+# The bare endpoint's steady rate beside the default profile: the unit fleet CPU per request is given in.
+BARE_RATE = 120
+# PostgreSQL's backends flush their statistics when idle, at the latest 10 s after a busy spell.
+STATISTICS_SETTLE_S = 11.0
+# The A/B: the same profile with reports at almost no cost, to show what report hashing costs the rest.
+NEAR_FREE_REPORT_CPU_S = "0.01"
 
 
 # --- the machine --------------------------------------------------------------------------------
@@ -252,8 +271,10 @@ async def wait_until(probe: Callable[[], Any], timeout_s: float) -> float | None
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time the process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    times = process_times(pid)
+    if times is None:
+        raise ProcessLookupError(f"process {pid} is gone")
+    return times.own_s
 
 
 async def ramp(
@@ -373,12 +394,140 @@ async def bare_endpoint(log_path: Path) -> AsyncIterator[tuple[str, int]]:
             await process.wait()
 
 
+# --- the default profile, with its cost ledger -----------------------------------------------------
+
+
+def process_groups(fleet: Fleet, bare_pid: int) -> list[ProcessGroup]:
+    groups = [ProcessGroup(spec.name, lambda name=spec.name: [fleet.pid(name)]) for spec in SERVICES]
+    return [
+        *groups,
+        ProcessGroup("report workers", lambda: fleet.worker_processes("reportservice")),
+        ProcessGroup("rabbitmq", lambda: processes_named(RABBITMQ_COMMANDS), include_reaped=True),
+        ProcessGroup("postgresql", lambda: processes_named(POSTGRES_COMMANDS), include_reaped=True),
+        ProcessGroup("bare endpoint", lambda: [bare_pid]),
+    ]
+
+
+def children_cpu_s() -> float:
+    """CPU time of this process's children that exited and were waited for (the k6 runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def transaction_counts(infra: Infra) -> dict[str, float]:
+    connection = await asyncpg.connect(admin_dsn(infra.database_url))
+    try:
+        row = await connection.fetchrow(
+            "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = $1", infra.database
+        )
+    finally:
+        await connection.close()
+    return {"committed": float(row["xact_commit"]), "rolled_back": float(row["xact_rollback"])}
+
+
+async def queues_drained(http: httpx.AsyncClient, infra: Infra) -> bool:
+    response = await http.get(
+        f"{infra.management_url}/api/queues/{infra.vhost}",
+        params={"columns": "name,messages"},
+        auth=credentials_of(infra.rabbitmq_url),
+    )
+    response.raise_for_status()
+    return all(queue.get("messages", 0) == 0 for queue in response.json() if not queue["name"].endswith(".dlq"))
+
+
+async def default_profile(
+    http: httpx.AsyncClient,
+    fleet: Fleet,
+    infra: Infra,
+    bare: tuple[str, int],
+    name: str,
+    arguments: argparse.Namespace,
+) -> dict[str, Any]:
+    """k6's default profile against the fleet, the bare endpoint at a steady BARE_RATE beside it, and the
+    ledger of that window: from just before k6 starts until the queues drained and PostgreSQL's
+    statistics settled (the fleet's idle work in those seconds counts too: it is the fleet's cost)."""
+    bare_url, bare_pid = bare
+    groups = process_groups(fleet, bare_pid)
+    idle_before = read_cpu(groups)
+    await asyncio.sleep(STATISTICS_SETTLE_S)  # also lets the last run's statistics reach pg_stat_database
+    idle = cpu_used(idle_before, read_cpu(groups))
+    before_metrics = await scrape(http, fleet)
+    before_transactions = await transaction_counts(infra)
+    before_cpu = read_cpu(groups)
+    before_children = children_cpu_s()
+    started = time.monotonic()
+    run_dir = ARTIFACTS / arguments.run_dir
+    default, bare_run = await asyncio.gather(
+        run_k6(
+            FLEET_SCRIPT,
+            {"PROFILE": "default", "POLL_INTERVAL_S": str(arguments.poll_interval), **service_urls(fleet)},
+            run_dir / f"k6-{name}",
+            timeout_s=300,
+        ),
+        run_k6(
+            RAMP_SCRIPT,
+            {"TARGET_URL": bare_url, "RATE": str(BARE_RATE), "DURATION_S": "30", "P95_LIMIT_MS": "1000"},
+            run_dir / f"k6-{name}-bare",
+            timeout_s=120,
+        ),
+    )
+    k6_cpu_s = children_cpu_s() - before_children  # both k6 processes have exited and were waited for
+    await asyncio.sleep(2)  # the last saga steps and deliveries
+    after_metrics = await scrape(http, fleet)
+    await wait_until(lambda: queues_drained(http, infra), 60)
+    await asyncio.sleep(STATISTICS_SETTLE_S)
+    after_cpu = read_cpu(groups)
+    window_s = time.monotonic() - started
+    after_transactions = await transaction_counts(infra)
+    if default.summary is None:
+        raise RuntimeError(f"k6's default profile wrote no summary:\n{default.output}")
+    if bare_run.summary is None:
+        raise RuntimeError(f"k6 against the bare endpoint wrote no summary:\n{bare_run.output}")
+    print(default.output, flush=True)
+    cpu = cpu_used(before_cpu, after_cpu)
+    cpu["k6"] = round(k6_cpu_s, 3)
+    ledger = build_ledger(
+        cpu_s=cpu,
+        services=[spec.name for spec in SERVICES],
+        requests=k6_request_counts(default.summary),
+        message_counts=messages(before_metrics, after_metrics),
+        transactions={key: after_transactions[key] - before_transactions[key] for key in after_transactions},
+        bare_requests=float(bare_run.summary["requests"]),
+        window_s=window_s,
+    )
+    ledger["idle_cpu_s_per_s"] = {group: round(value / STATISTICS_SETTLE_S, 4) for group, value in idle.items()}
+    say(
+        f"{name}: fleet CPU {ledger['fleet_cpu_ms_per_request']} ms per request, "
+        f"{ledger['multiple_of_bare']}x the bare endpoint's {ledger['bare_cpu_ms_per_request']} ms"
+    )
+    profile = {
+        key: default.summary[key]
+        for key in (
+            "accept_latency",
+            "checks",
+            "http_req_failed_rate",
+            "dropped_iterations",
+            "deadline_misses",
+            "completion_ms",
+            "thresholds_failed",
+        )
+    }
+    profile["exit_code"] = default.exit_code
+    return {
+        "profile": profile,
+        "ledger": ledger,
+        "end_to_end": end_to_end_by_queue(before_metrics, after_metrics),
+        "saga_duration": saga_durations(before_metrics, after_metrics),
+    }
+
+
 # --- the whole run -------------------------------------------------------------------------------
 
 
 async def measure(arguments: argparse.Namespace) -> dict[str, Any]:
     started = datetime.now(UTC)
-    run_dir = ARTIFACTS / f"bench-{started.strftime('%Y%m%d-%H%M%S')}"
+    arguments.run_dir = f"bench-{started.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = ARTIFACTS / arguments.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "date": started.isoformat(timespec="seconds"),
@@ -388,13 +537,18 @@ async def measure(arguments: argparse.Namespace) -> dict[str, Any]:
             "step_s": arguments.step_seconds,
             "poll_interval_s": arguments.poll_interval,
             "click_p95_limit_ms": CLICK_P95_LIMIT_MS,
+            "bare_rate": BARE_RATE,
         },
         "artifacts": str(run_dir.relative_to(ROOT)),
     }
     rates = ramp_rates(arguments.ramp_start, arguments.ramp_factor, arguments.ramp_max)
     say(f"artifacts in {run_dir}; load average {results['load_average']['start']}")
 
-    async with isolated_infra() as infra, httpx.AsyncClient(timeout=10.0) as http:
+    async with (
+        isolated_infra() as infra,
+        httpx.AsyncClient(timeout=10.0) as http,
+        bare_endpoint(run_dir / "bare.log") as bare,
+    ):
         results["machine"].update(await dependency_versions(infra))
         fleet = Fleet(infra, run_dir / "logs")
         try:
@@ -410,76 +564,65 @@ async def measure(arguments: argparse.Namespace) -> dict[str, Any]:
             results["saga_payment_delay_s"] = simulated_delays()["stock_reserved_queue"][1]
 
             async with peak.sampling():
-                say("default profile (k6-tests/script-async.js, PROFILE=default)")
-                before = await scrape(http, fleet)
-                default = await run_k6(
-                    FLEET_SCRIPT,
-                    {"PROFILE": "default", "POLL_INTERVAL_S": str(arguments.poll_interval), **service_urls(fleet)},
-                    run_dir / "k6-default",
-                    timeout_s=300,
-                )
-                await asyncio.sleep(2)  # the last saga steps and deliveries
-                after = await scrape(http, fleet)
+                say(f"default profile (k6-tests/script-async.js, PROFILE=default), bare endpoint at {BARE_RATE}/s")
+                measured = await default_profile(http, fleet, infra, bare, "default", arguments)
                 results["load_average"]["after_default"] = load_average()
-                if default.summary is None:
-                    raise RuntimeError(f"k6's default profile wrote no summary:\n{default.output}")
-                print(default.output, flush=True)
-                results["default_profile"] = {
-                    key: default.summary[key]
-                    for key in (
-                        "accept_latency",
-                        "checks",
-                        "http_req_failed_rate",
-                        "dropped_iterations",
-                        "deadline_misses",
-                        "completion_ms",
-                        "thresholds_failed",
+                results["default_profile"] = measured["profile"]
+                results["ledger"] = measured["ledger"]
+                results["end_to_end"] = measured["end_to_end"]
+                results["saga_duration"] = measured["saga_duration"]
+
+                if not arguments.skip_ab:
+                    say(f"the same profile, reports near free (REPORT_CPU_SECONDS={NEAR_FREE_REPORT_CPU_S})")
+                    async with fleet.reconfigured("reportservice", {"REPORT_CPU_SECONDS": NEAR_FREE_REPORT_CPU_S}):
+                        await warm_up(http, fleet)
+                        near_free = await default_profile(http, fleet, infra, bare, "reports-near-free", arguments)
+                    results["reports_near_free"] = {
+                        "report_cpu_seconds": float(NEAR_FREE_REPORT_CPU_S),
+                        "default_profile": near_free["profile"],
+                        "ledger": near_free["ledger"],
+                    }
+
+                if not arguments.skip_ramp:
+                    clicks_sent = await clicks_counted(http, fleet)
+
+                    async def drain(step: RampStep) -> dict[str, Any]:
+                        nonlocal clicks_sent
+                        clicks_sent += step.requests - step.failed_requests
+
+                        async def counted() -> bool:
+                            return await clicks_counted(http, fleet) >= clicks_sent
+
+                        return {"backlog_drained_after_s": await wait_until(counted, 120)}
+
+                    say(f"click ramp against analyticsservice: {rates[0]}/s x{arguments.ramp_factor} ...")
+                    fleet_steps = await ramp(
+                        "fleet",
+                        fleet.url("analyticsservice"),
+                        fleet.pid("analyticsservice"),
+                        rates,
+                        arguments.step_seconds,
+                        run_dir,
+                        drain,
                     )
-                }
-                results["default_profile"]["exit_code"] = default.exit_code
-                results["end_to_end"] = end_to_end_by_queue(before, after)
-                results["saga_duration"] = saga_durations(before, after)
-
-                clicks_sent = (
-                    sum(row["accepted"] for row in default.summary["accept_latency"] if row["flow"] == "click") + 5
-                )  # the warm-up's
-
-                async def drain(step: RampStep) -> dict[str, Any]:
-                    nonlocal clicks_sent
-                    clicks_sent += step.requests - step.failed_requests
-
-                    async def counted() -> bool:
-                        return await clicks_counted(http, fleet) >= clicks_sent
-
-                    return {"backlog_drained_after_s": await wait_until(counted, 120)}
-
-                say(f"click ramp against analyticsservice: {rates[0]}/s x{arguments.ramp_factor} ...")
-                fleet_steps = await ramp(
-                    "fleet",
-                    fleet.url("analyticsservice"),
-                    fleet.pid("analyticsservice"),
-                    rates,
-                    arguments.step_seconds,
-                    run_dir,
-                    drain,
-                )
             results["memory_load"] = peak.peak
             results["load_average"]["after_fleet_ramp"] = load_average()
         finally:
             say("stopping the fleet")
             await fleet.close()
 
-    say("click ramp against the bare endpoint (bench/bare.py)")
-    async with bare_endpoint(run_dir / "bare.log") as (bare_url, bare_pid):
-        bare_steps = await ramp("bare", bare_url, bare_pid, rates, arguments.step_seconds, run_dir)
+        if not arguments.skip_ramp:
+            say("click ramp against the bare endpoint (bench/bare.py)")
+            bare_url, bare_pid = bare
+            bare_steps = await ramp("bare", bare_url, bare_pid, rates, arguments.step_seconds, run_dir)
+            fleet_rate = max((step["target_rate"] for step in fleet_steps if step["held"]), default=0)
+            bare_rate = max((step["target_rate"] for step in bare_steps if step["held"]), default=0)
+            results["click_ramp"] = {
+                "fleet": {"held_rate": fleet_rate, "steps": fleet_steps},
+                "bare": {"held_rate": bare_rate, "steps": bare_steps},
+                "ratio": round(fleet_rate / bare_rate, 3) if bare_rate else None,
+            }
     results["load_average"]["end"] = load_average()
-    fleet_rate = max((step["target_rate"] for step in fleet_steps if step["held"]), default=0)
-    bare_rate = max((step["target_rate"] for step in bare_steps if step["held"]), default=0)
-    results["click_ramp"] = {
-        "fleet": {"held_rate": fleet_rate, "steps": fleet_steps},
-        "bare": {"held_rate": bare_rate, "steps": bare_steps},
-        "ratio": round(fleet_rate / bare_rate, 3) if bare_rate else None,
-    }
     results["duration_s"] = round((datetime.now(UTC) - started).total_seconds())
     return results
 
@@ -492,7 +635,11 @@ def main() -> None:
     parser.add_argument("--ramp-start", type=float, default=250, help="first click rate (per second)")
     parser.add_argument("--ramp-factor", type=float, default=1.3, help="growth from one step to the next")
     parser.add_argument("--ramp-max", type=float, default=8000, help="highest click rate tried")
-    parser.add_argument("--poll-interval", type=float, default=0.05, help="k6's status polling interval (s)")
+    parser.add_argument(
+        "--poll-interval", type=float, default=0.25, help="k6's status polling interval (s; the script's default)"
+    )
+    parser.add_argument("--skip-ramp", action="store_true", help="no click ramps (a quicker look at the ledger)")
+    parser.add_argument("--skip-ab", action="store_true", help="no second default profile with reports near free")
     parser.add_argument(
         "--render-only", action="store_true", help="measure nothing: render the report again from results.json"
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.analysis import Histogram, RampStep, highest_held_rate, histograms, merge, ramp_rates, window
+from bench.ledger import build_ledger, cpu_used, k6_request_counts, messages
 from bench.render import README_END, README_START, render_markdown, render_readme_section, update_readme
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,3 +118,66 @@ def test_readme_shows_the_committed_benchmark() -> None:
     assert (ROOT / "docs" / "bench" / "latency.png").read_bytes().startswith(b"\x89PNG")
     assert results["machine"]["cores"]
     assert results["date"] in section
+
+
+METRICS_PUBLISHED = """\
+# TYPE messages_published_total counter
+messages_published_total{exchange="(default)",event_type="ClickTracked",outcome="confirmed"} {clicks}
+messages_published_total{exchange="(default)",event_type="ClickTracked",outcome="unavailable"} 7.0
+messages_published_total{exchange="product_updates",event_type="ProductUpdated",outcome="confirmed"} {updates}
+# TYPE messages_consumed_total counter
+messages_consumed_total{queue="click_tracked_queue",outcome="acked"} {clicks}
+messages_consumed_total{queue="search_product_updates_queue",outcome="acked"} {updates}
+messages_consumed_total{queue="search_product_updates_queue",outcome="duplicate"} 1.0
+"""
+
+
+def published(clicks: int, updates: int) -> str:
+    return METRICS_PUBLISHED.replace("{clicks}", f"{clicks}.0").replace("{updates}", f"{updates}.0")
+
+
+def test_the_ledger_counts_confirmed_publishes_and_every_delivery_between_two_scrapes() -> None:
+    before = {"analyticsservice": published(10, 2)}
+    after = {"analyticsservice": published(110, 5), "searchservice": published(0, 3)}
+    counted = messages(before, after)
+    # Unconfirmed publishes are not messages the broker took; a duplicate delivery is still a delivery.
+    assert counted == {"published_clicks": 100, "published_other": 6, "delivered_clicks": 100, "delivered_other": 7}
+
+
+def test_cpu_used_counts_new_processes_in_full_and_ignores_clock_noise() -> None:
+    before = {"postgresql": {1: 2.0, 2: 1.0}, "rabbitmq": {9: 5.0}}
+    after = {"postgresql": {1: 2.5, 3: 0.25}, "rabbitmq": {9: 5.0}}  # backend 2 exited, 3 started
+    assert cpu_used(before, after) == {"postgresql": 0.75, "rabbitmq": 0.0}
+
+
+def test_fleet_cpu_per_request_leaves_out_the_workers_and_the_load_generator() -> None:
+    cpu = {"userservice": 1.0, "analyticsservice": 3.0, "rabbitmq": 2.0, "postgresql": 1.0}
+    cpu |= {"report workers": 40.0, "k6": 9.0, "bare endpoint": 0.36}
+    ledger = build_ledger(
+        cpu_s=cpu,
+        services=["userservice", "analyticsservice"],
+        requests={"total": 2000.0, "accepted": 1500.0, "accepted_clicks": 1000.0},
+        message_counts={
+            "published_clicks": 1000,
+            "published_other": 1000,
+            "delivered_clicks": 1000,
+            "delivered_other": 2000,
+        },
+        transactions={"committed": 750.0, "rolled_back": 100.0},
+        bare_requests=1200.0,
+        window_s=40.0,
+    )
+    assert ledger["fleet_cpu_s"] == 7.0
+    assert ledger["fleet_cpu_ms_per_request"] == 3.5
+    assert ledger["bare_cpu_ms_per_request"] == 0.3
+    assert ledger["multiple_of_bare"] == pytest.approx(11.7)
+    assert ledger["per_accepted_request"] == {"published": 1.33, "delivered": 2.0, "committed": 0.5}
+    assert ledger["per_accepted_non_click_request"] == {"published": 2.0, "delivered": 4.0}
+
+
+def test_k6_request_counts_take_polls_into_the_total() -> None:
+    summary = {
+        "metrics": {"http_reqs": {"values": {"count": 120}}},
+        "accept_latency": [{"flow": "click", "accepted": 80}, {"flow": "order", "accepted": 10}],
+    }
+    assert k6_request_counts(summary) == {"total": 120.0, "accepted": 90.0, "accepted_clicks": 80.0}
