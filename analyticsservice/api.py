@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from analyticsservice.metrics import CLICKS_INGESTED
 from analyticsservice.tables import click_counts, product_update_counts
@@ -16,6 +16,7 @@ from common.database import is_dependency_failure
 from common.events import ClickTracked
 from common.inputs import DatabaseId, PlainInt, trimmed_text
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+from common.sql import Statement
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,19 @@ class ClickRequest(BaseModel):
     user_id: int = Field(strict=True, ge=1, le=MAX_USER_ID, examples=[123])
     page: Page = Field(examples=["homepage"])
     session_id: SessionId | None = Field(default=None, examples=["s-9f2c"])
+
+
+TOTALS = Statement(select(func.coalesce(func.sum(click_counts.c.clicks), 0), func.count()))
+TOP_PAGES = Statement(
+    select(click_counts.c.page, click_counts.c.clicks)
+    .order_by(click_counts.c.clicks.desc(), click_counts.c.page)
+    .limit(bindparam("limit"))
+)
+PRODUCT_UPDATES_TOTAL = Statement(select(func.coalesce(func.sum(product_update_counts.c.updates), 0)))
+PAGE_CLICKS = Statement(select(click_counts.c.clicks).where(click_counts.c.page == bindparam("page")))
+PRODUCT_UPDATE_COUNT = Statement(
+    select(product_update_counts).where(product_update_counts.c.product_id == bindparam("product_id"))
+)
 
 
 class ClickAccepted(BaseModel):
@@ -69,7 +83,7 @@ class ProductUpdateCount(BaseModel):
     description="Answers only once the broker has confirmed the click (a durable, persistent message on "
     "`click_tracked_queue`); the queue absorbs bursts and the consumer counts each click exactly once at "
     "its own pace. If the broker cannot take the click, the answer is 503 and it is not counted (even if "
-    "the broker took it after all and only its confirm was lost).",
+    "the broker took it after all and only its confirm was lost), unless it was counted already: then 200.",
     responses=UNAVAILABLE_RESPONSE,
 )
 async def track_click(click: ClickRequest, runtime: RuntimeDep) -> ClickAccepted:
@@ -80,15 +94,19 @@ async def track_click(click: ClickRequest, runtime: RuntimeDep) -> ClickAccepted
         await runtime.broker.publish(event)
     except BrokerUnavailable:
         # No confirm does not mean not queued: the connection can drop after the broker took the click.
-        # The answer is 503 ("not recorded"), so make it true: the consumer will drop this click if it
-        # arrives. Should the database be down too, that cannot be recorded; the click may then count.
+        # Withdrawn, the consumer drops it should it arrive, and 503 ("not recorded") is true. Not
+        # withdrawn, the consumer counted it already: it was recorded, and the truthful answer is 200.
+        # Should the database be down too, neither can be known; the click may then count.
         try:
-            await withdraw(runtime.database, topology.CLICK_TRACKED, [event])
+            withdrawn = await withdraw(runtime.database, topology.CLICK_TRACKED, event)
         except Exception as exc:
             if not is_dependency_failure(exc):
                 raise
             log.warning("could not withdraw click %s after a failed publish: %r", event.event_id, exc)
-        raise
+            raise BrokerUnavailable("no confirm, and the click could not be withdrawn") from exc
+        if withdrawn:
+            raise
+        log.info("click %s lost its confirm but was counted already: answering tracked", event.event_id)
     CLICKS_INGESTED.inc()
     return ClickAccepted(status="tracked")
 
@@ -98,20 +116,12 @@ async def summary(
     runtime: RuntimeDep,
     top_pages: PlainInt = Query(default=100, ge=1, le=1000, description="How many pages `clicks_by_page` lists."),
 ) -> Summary:
-    async with runtime.database.engine.connect() as connection:
-        clicks_total, pages_total = (
-            await connection.execute(select(func.coalesce(func.sum(click_counts.c.clicks), 0), func.count()))
-        ).one()
-        top = (
-            await connection.execute(
-                select(click_counts.c.page, click_counts.c.clicks)
-                .order_by(click_counts.c.clicks.desc(), click_counts.c.page)
-                .limit(top_pages)
-            )
-        ).all()
-        product_updates_total = await connection.scalar(
-            select(func.coalesce(func.sum(product_update_counts.c.updates), 0))
-        )
+    async with runtime.database.connection() as connection:
+        totals = await connection.fetchrow(TOTALS)  # an aggregate: always one row
+        assert totals is not None
+        clicks_total, pages_total = totals
+        top = await connection.fetch(TOP_PAGES, limit=top_pages)
+        product_updates_total = await connection.fetchval(PRODUCT_UPDATES_TOTAL)
     return Summary(
         clicks_total=int(clicks_total),
         clicks_by_page={page: int(clicks) for page, clicks in top},
@@ -126,8 +136,7 @@ async def page_clicks(
     # In Annotated: a `= Query()` default would drop the Page type's own constraints and validator.
     page: Annotated[Page, Query(examples=["homepage"])],
 ) -> PageClicks:
-    async with runtime.database.engine.connect() as connection:
-        clicks = await connection.scalar(select(click_counts.c.clicks).where(click_counts.c.page == page))
+    clicks = await runtime.database.fetchval(PAGE_CLICKS, page=page)
     return PageClicks(page=page, clicks=int(clicks or 0))
 
 
@@ -140,12 +149,7 @@ async def page_clicks(
     },
 )
 async def product_updates(product_id: DatabaseId, runtime: RuntimeDep) -> ProductUpdateCount:
-    async with runtime.database.engine.connect() as connection:
-        row = (
-            await connection.execute(
-                select(product_update_counts).where(product_update_counts.c.product_id == product_id)
-            )
-        ).first()
+    row = await runtime.database.fetchrow(PRODUCT_UPDATE_COUNT, product_id=product_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no update of product {product_id} was counted")
-    return ProductUpdateCount.model_validate(row._mapping)
+    return ProductUpdateCount.model_validate(dict(row))

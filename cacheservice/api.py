@@ -5,13 +5,16 @@ from decimal import Decimal
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from cacheservice.tables import cached_products
 from common.inputs import DatabaseId
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+from common.sql import Statement
 
 router = APIRouter(tags=["cache"])
+
+READ_CACHED = Statement(select(cached_products).where(cached_products.c.product_id == bindparam("product_id")))
 
 
 class CachedProduct(BaseModel):
@@ -34,10 +37,7 @@ class CachedProduct(BaseModel):
     },
 )
 async def read_cached_product(product_id: DatabaseId, runtime: RuntimeDep) -> CachedProduct:
-    async with runtime.database.engine.connect() as connection:
-        row = (
-            await connection.execute(select(cached_products).where(cached_products.c.product_id == product_id))
-        ).first()
+    row = await runtime.database.fetchrow(READ_CACHED, product_id=product_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"product {product_id} is not in the cache")
-    return CachedProduct.model_validate(row._mapping)
+    return CachedProduct.model_validate(dict(row))

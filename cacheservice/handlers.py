@@ -3,10 +3,15 @@ import logging
 from cacheservice.tables import cached_products
 from common import metrics
 from common.consumer import MessageContext
-from common.database import upsert_if_newer
+from common.database import versioned_upsert
 from common.events import ProductUpdated
 
 log = logging.getLogger(__name__)
+
+_COLUMNS = ("product_id", "name", "description", "price", "stock", "product_version", "updated_at")
+UPSERT = versioned_upsert(
+    cached_products, _COLUMNS, key="product_id", version="product_version", touched_at="cached_at"
+)
 
 
 async def refresh_cached_product(event: ProductUpdated, ctx: MessageContext[ProductUpdated]) -> None:
@@ -22,9 +27,7 @@ async def refresh_cached_product(event: ProductUpdated, ctx: MessageContext[Prod
         "updated_at": event.updated_at,
     }
     async with ctx.transaction() as unit:
-        refreshed = await upsert_if_newer(
-            unit.connection, cached_products, entry, key="product_id", version="product_version", touched_at="cached_at"
-        )
-    if not refreshed:
+        refreshed = await unit.connection.fetchval(UPSERT, **entry)
+    if refreshed is None:
         metrics.STALE_EVENTS_IGNORED.labels(queue=ctx.queue.name).inc()
         log.info("ignored version %d of product %d: a newer one is cached", event.product_version, event.product_id)

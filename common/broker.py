@@ -147,8 +147,12 @@ class Broker:
         message = encode_event(event, app_id=self._settings.service_name, headers=headers)
         await self.publish_message(message, exchange=route.exchange.name, routing_key=route.routing_key)
 
-    async def publish_message(self, message: aio_pika.Message, *, exchange: str, routing_key: str) -> None:
-        """Publish a prepared message; raise `BrokerUnavailable` or `UnroutableMessage` unless confirmed."""
+    async def publish_message(
+        self, message: aio_pika.Message, *, exchange: str, routing_key: str, event_type_label: str | None = None
+    ) -> None:
+        """Publish a prepared message; raise `BrokerUnavailable` or `UnroutableMessage` unless confirmed.
+        `event_type_label` names it in the metrics when its `type` came from elsewhere (a forwarded copy):
+        a label taken from what any publisher wrote would make the series unbounded."""
         if self._publish_channel is None:
             raise BrokerUnavailable("not connected to the broker")
         target = self._exchanges.get(exchange)
@@ -177,5 +181,7 @@ class Broker:
             raise BrokerUnavailable(f"the broker is unavailable: {type(exc).__name__}: {exc}") from exc
         finally:
             metrics.MESSAGES_PUBLISHED.labels(
-                exchange=exchange or "(default)", event_type=message.type or "unknown", outcome=outcome
+                exchange=exchange or "(default)",
+                event_type=event_type_label or message.type or "unknown",
+                outcome=outcome,
             ).inc()

@@ -6,14 +6,18 @@ It signals its outcome by raising (never by returning a flag):
 - raises `Reject`: the message can never succeed and is dead-lettered at once;
 - raises anything else: the message is retried after a growing delay through the queue's
   `.retry` companion, and dead-lettered after `max_delivery_attempts` attempts;
-- a database outage is not the message's fault: it is retried without using up an attempt.
+- a database outage is not the message's fault: it is retried without using up an attempt;
+- raises after its transaction committed: its effects stand, the message is acknowledged (and the
+  failure logged), since a retry would find the event processed and do nothing anyway.
 
 The consumer acknowledges only after the handler's transaction committed. Idempotency: the
 event id is recorded in `processed_events` inside that same transaction, so a redelivered or
 duplicated event is recognised and acknowledged without its effects being applied again. A handler
 that works before its transaction (an email sent, a gateway called) is subscribed as
 `CheckProcessedFirst(handler)`, and a known duplicate does not reach it at all.
-A malformed or schema-invalid message is dead-lettered at once, with the reason in its headers.
+A malformed or schema-invalid message is dead-lettered at once, with the reason in its headers; so
+is one whose headers the consumer cannot read (an `x-attempt` that is not a positive integer). Every
+delivery is settled: nothing a publisher puts in a message can leave it unacknowledged.
 
 High-volume queues can be consumed in batches (`Batched`): the handler takes a list of events
 and commits them in one transaction, with the same guarantees per message. See `BatchConsumer`.
@@ -22,7 +26,6 @@ and commits them in one transaction, with the same guarantees per message. See `
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import time
@@ -35,18 +38,18 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, ConsumerTag
 from pydantic import ValidationError
 from sqlalchemy import Table, Text, any_, bindparam, func, select
-from sqlalchemy.dialects.postgresql import ARRAY, UUID, Insert
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common import correlation, metrics
-from common.broker import PUBLISHED_AT_HEADER, BrokerUnavailable
+from common.broker import PUBLISHED_AT_HEADER
 from common.database import Database, is_dependency_failure, processed_events_table
 from common.events import Event
 from common.outbox import UnitOfWork
 from common.runtime import Resources, Runtime
 from common.settings import ServiceSettings
-from common.topology import ConsumedQueue, declare_queue
+from common.sql import Connection, Statement
+from common.topology import ConsumedQueue, declare_queue, declare_retry_queues
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,13 @@ LAST_ERROR_HEADER = "x-last-error"
 DEAD_LETTER_REASON_HEADER = "x-dead-letter-reason"
 _BROKER_DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason")
 _MAX_HEADER_TEXT = 1000
+# Far beyond any retry budget: a larger attempt number is not one this fleet wrote.
+_MAX_ATTEMPT = 10_000
+# Holding a delivery whose forward to a retry or dead-letter queue was not confirmed: the next try after
+# these delays (growing, capped) rather than returning it to its queue at once (which would run its
+# handler again, and count towards the broker's delivery limit).
+_FORWARD_RETRY_FIRST_S = 0.5
+_FORWARD_RETRY_MAX_S = 10.0
 
 
 class Reject(Exception):
@@ -105,57 +115,66 @@ class MessageContext(Generic[EventT]):
         return bool(await _already_processed(self._runtime.database, self.queue, [self.event]))
 
 
-def _record_processed_statement(processed: Table) -> Insert:
-    """One statement whatever the number of events: the ids travel as one array parameter, so the
-    compiled statement (and the server's prepared statement) is reused instead of a multi-row
-    VALUES list being built and compiled for every batch size (milliseconds for a batch of 200)."""
-    event_id = func.unnest(bindparam("event_ids", type_=ARRAY(UUID(as_uuid=False)))).column_valued("event_id")
-    # Sorted, so two transactions recording overlapping sets lock their rows in the same order.
-    rows = select(bindparam("consumer", type_=Text), event_id).order_by(event_id)
-    return (
-        pg_insert(processed)
-        .from_select(["consumer", "event_id"], rows)
-        .on_conflict_do_nothing()
-        .returning(processed.c.event_id)
-    )
+class _Idempotency:
+    """The statements on a service's `processed_events`, compiled once per table."""
+
+    def __init__(self, processed: Table) -> None:
+        event_ids = bindparam("event_ids", type_=ARRAY(UUID(as_uuid=False)))
+        consumer = bindparam("consumer", type_=Text)
+        event_id = func.unnest(event_ids).column_valued("event_id")
+        # Sorted, so two transactions recording overlapping sets lock their rows in the same order. One
+        # array parameter whatever the number of events: one statement, prepared once per connection.
+        self.record = Statement(
+            pg_insert(processed)
+            .from_select(["consumer", "event_id"], select(consumer, event_id).order_by(event_id))
+            .on_conflict_do_nothing()
+            .returning(processed.c.event_id)
+        )
+        self.find = Statement(
+            select(processed.c.event_id).where(
+                processed.c.consumer == consumer, processed.c.event_id == any_(event_ids)
+            )
+        )
+
+
+_STATEMENTS: dict[Table, _Idempotency] = {}
+
+
+def _idempotency(database: Database) -> _Idempotency:
+    table = processed_events_table(database.metadata)
+    statements = _STATEMENTS.get(table)
+    if statements is None:
+        statements = _STATEMENTS[table] = _Idempotency(table)
+    return statements
 
 
 async def _record_processed(
-    connection: AsyncConnection, database: Database, queue: ConsumedQueue, events: Sequence[Event]
-) -> bool:
-    """Record `events` as processed by `queue`'s consumer; False if any of them already was."""
+    connection: Connection, database: Database, queue: ConsumedQueue, events: Sequence[Event]
+) -> set[str]:
+    """Record `events` as processed by `queue`'s consumer; return the ids recorded now (not before)."""
     event_ids = list({str(event.event_id) for event in events})
-    recorded = await connection.execute(
-        _record_processed_statement(processed_events_table(database.metadata)),
-        {"consumer": queue.name, "event_ids": event_ids},
-    )
-    return len(recorded.all()) == len(event_ids)
+    recorded = await connection.fetch(_idempotency(database).record, consumer=queue.name, event_ids=event_ids)
+    return {str(row[0]) for row in recorded}
 
 
-async def withdraw(database: Database, queue: ConsumedQueue, events: Sequence[Event]) -> None:
-    """Make `queue`'s consumer drop `events` should they arrive, by recording them as processed.
+async def withdraw(database: Database, queue: ConsumedQueue, event: Event) -> bool:
+    """Make `queue`'s consumer drop `event` should it arrive, by recording it as processed; return True
+    if it was withdrawn, False if the consumer had processed it already.
 
-    For a publisher that tells its caller a publish failed although the broker may have queued the
-    message (the confirm never came: the connection dropped or the wait timed out). Without this, the
-    copy that did land would be applied after the caller was told nothing was recorded, and a client
-    retrying would have it applied twice."""
-    async with database.engine.begin() as connection:
-        await _record_processed(connection, database, queue, events)
+    For a publisher that would tell its caller a publish failed although the broker may have queued the
+    message (the confirm never came: the connection dropped or the wait timed out). Withdrawn, the copy
+    that did land is dropped, so "not recorded" is true and a client retrying has it applied once. Not
+    withdrawn, the broker took it and it was applied: the truthful answer is that it was recorded."""
+    async with database.transaction() as connection:
+        return bool(await _record_processed(connection, database, queue, [event]))
 
 
 async def _already_processed(database: Database, queue: ConsumedQueue, events: Sequence[Event]) -> set[str]:
     """The ids among `events` that `queue`'s consumer has already processed."""
-    processed: Table = processed_events_table(database.metadata)
-    async with database.engine.connect() as connection:
-        found = await connection.execute(
-            select(processed.c.event_id).where(
-                processed.c.consumer == queue.name,
-                # One array parameter, not an IN list of varying length: one statement to compile and prepare.
-                processed.c.event_id == any_(bindparam("event_ids", type_=ARRAY(UUID(as_uuid=False)))),
-            ),
-            {"event_ids": [str(event.event_id) for event in events]},
-        )
-        return {str(event_id) for event_id in found.scalars()}
+    found = await database.fetch(
+        _idempotency(database).find, consumer=queue.name, event_ids=[str(event.event_id) for event in events]
+    )
+    return {str(row[0]) for row in found}
 
 
 class BatchContext(Generic[EventT]):
@@ -183,7 +202,8 @@ class BatchContext(Generic[EventT]):
         if self.committed:
             raise RuntimeError("a batch handler commits its effects in one transaction")
         async with self._runtime.outbox.transaction() as unit:
-            if not await _record_processed(unit.connection, self._runtime.database, self.queue, self.events):
+            recorded = await _record_processed(unit.connection, self._runtime.database, self.queue, self.events)
+            if len(recorded) < len({event.event_id for event in self.events}):
                 raise DuplicateDelivery
             yield unit
         self.committed = True
@@ -274,7 +294,17 @@ def retry_delay_s(settings: ServiceSettings, failed_attempt: int) -> float:
 
 
 def attempt_of(message: AbstractIncomingMessage) -> int:
-    return int((message.headers or {}).get(ATTEMPT_HEADER, 1))
+    """The attempt this delivery is (1 unless a retry): any publisher can set the header, so it is input."""
+    value = (message.headers or {}).get(ATTEMPT_HEADER, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_ATTEMPT:
+        raise PoisonMessage(f"unreadable {ATTEMPT_HEADER} header {_truncate(repr(value))}: not an attempt number")
+    return value
+
+
+def retry_delays_s(settings: ServiceSettings) -> set[float]:
+    """Every back-off a consumer with `settings` can ask for: one retry queue per delay."""
+    retries = {retry_delay_s(settings, attempt) for attempt in range(1, settings.max_delivery_attempts)}
+    return retries | {settings.dependency_retry_delay_s}
 
 
 def _truncate(text: str) -> str:
@@ -300,18 +330,23 @@ class _QueueConsumer:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._stopping = False
+        # Metrics label forwarded copies with the queue's own event type, never with what a publisher wrote.
+        self._event_type = queue.event.type_name()
 
     async def start(self) -> None:
         metrics.initialise_consumer_series(self.queue.name)
         self._channel = await self._runtime.broker.open_channel(publisher_confirms=True)
         await self._channel.set_qos(prefetch_count=self._prefetch_count)
         self._amqp_queue = await declare_queue(self._channel, self.queue)
+        await declare_retry_queues(self._channel, self.queue, retry_delays_s(self._runtime.settings))
         self._consumer_tag = await self._amqp_queue.consume(self._on_message, no_ack=False)
         log.info("consuming %s (prefetch %d)", self.queue.name, self._prefetch_count)
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking deliveries, let in-flight handlers finish (up to `grace_s`), close the channel.
         Whatever is still unacknowledged then goes back to the queue for another consumer."""
+        self._stopping = True
         if self._amqp_queue is not None and self._consumer_tag is not None:
             try:
                 await self._amqp_queue.cancel(self._consumer_tag)
@@ -340,14 +375,14 @@ class _QueueConsumer:
 
     def _observe_end_to_end(self, message: AbstractIncomingMessage) -> None:
         published_at_ms = (message.headers or {}).get(PUBLISHED_AT_HEADER)
-        if isinstance(published_at_ms, int):
+        if isinstance(published_at_ms, int) and not isinstance(published_at_ms, bool):
             metrics.END_TO_END_LATENCY.labels(queue=self.queue.name).observe(
                 max(0.0, time.time() - published_at_ms / 1000)
             )
 
     async def _settle_poison(self, message: AbstractIncomingMessage, exc: PoisonMessage) -> str:
         log.error("dead-lettering a poison message from %s: %s", self.queue.name, exc)
-        return await self._settle(message, self._dead_letter(message, str(exc), exc), "dead_lettered")
+        return await self._settle(message, lambda: self._dead_letter(message, str(exc), exc), "dead_lettered")
 
     async def _settle_failure(
         self, message: AbstractIncomingMessage, event: Event, attempt: int, exc: Exception
@@ -356,12 +391,12 @@ class _QueueConsumer:
         if isinstance(exc, Reject):
             log.error("handler rejected %s %s: %s", event.event_type, event.event_id, exc)
             return await self._settle(
-                message, self._dead_letter(message, f"rejected by handler: {exc}", exc), "dead_lettered"
+                message, lambda: self._dead_letter(message, f"rejected by handler: {exc}", exc), "dead_lettered"
             )
         if is_dependency_failure(exc):
             delay = self._runtime.settings.dependency_retry_delay_s
             log.warning("a dependency is down while handling %s; redelivering in %.1fs: %r", event.event_id, delay, exc)
-            return await self._settle(message, self._retry(message, attempt, delay, exc), "deferred")
+            return await self._settle(message, lambda: self._retry(message, attempt, delay, exc), "deferred")
         if attempt >= self._runtime.settings.max_delivery_attempts:
             log.error(
                 "%s %s failed on its last attempt (%d); dead-lettering",
@@ -371,7 +406,7 @@ class _QueueConsumer:
                 exc_info=exc,
             )
             reason = f"failed after {attempt} attempts: {type(exc).__name__}: {exc}"
-            return await self._settle(message, self._dead_letter(message, reason, exc), "dead_lettered")
+            return await self._settle(message, lambda: self._dead_letter(message, reason, exc), "dead_lettered")
         delay = retry_delay_s(self._runtime.settings, attempt)
         log.warning(
             "%s %s failed on attempt %d; retrying in %.1fs: %r",
@@ -381,23 +416,36 @@ class _QueueConsumer:
             delay,
             exc,
         )
-        return await self._settle(message, self._retry(message, attempt + 1, delay, exc), "retried")
+        return await self._settle(message, lambda: self._retry(message, attempt + 1, delay, exc), "retried")
 
     async def _settle(
-        self, message: AbstractIncomingMessage, forward: Coroutine[Any, Any, None] | None, outcome: str
+        self,
+        message: AbstractIncomingMessage,
+        forward: Callable[[], Coroutine[Any, Any, None]] | None,
+        outcome: str,
     ) -> str:
-        """Forward the message (to retry or dead-letter) if needed, then acknowledge it. If the
-        forward cannot be confirmed, the delivery goes back to the queue instead of being lost."""
+        """Forward the message (to a retry or the dead-letter queue) if needed, then acknowledge it.
+
+        A forward the broker does not confirm is tried again after a growing delay while the delivery is
+        held: returning it to its queue at once would run its handler again (and its work before the
+        transaction), and count towards the broker's delivery limit, which dead-letters without a reason.
+        Only if the channel is gone (the broker then redelivers) or the consumer stops is it given back."""
         if forward is not None:
-            try:
-                await forward
-            except Exception as exc:
-                level = logging.WARNING if isinstance(exc, BrokerUnavailable) else logging.ERROR
-                log.log(
-                    level, "could not forward %s (%r); returning it to %s", message.message_id, exc, self.queue.name
-                )
-                await self._requeue(message)
-                return "requeued"
+            delay = _FORWARD_RETRY_FIRST_S
+            while True:
+                try:
+                    await forward()
+                    break
+                except Exception as exc:
+                    if self._stopping or message.channel.is_closed:
+                        log.warning(
+                            "could not forward %s (%r); returning it to %s", message.message_id, exc, self.queue.name
+                        )
+                        await self._requeue(message)
+                        return "requeued"
+                    log.warning("could not forward %s (%r); trying again in %.1fs", message.message_id, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _FORWARD_RETRY_MAX_S)
         try:
             await message.ack()
         except Exception as exc:  # the channel closed under us: the broker redelivers unacked messages
@@ -420,7 +468,7 @@ class _QueueConsumer:
         headers = self._forwarded_headers(message)
         headers[ATTEMPT_HEADER] = next_attempt
         headers[LAST_ERROR_HEADER] = _truncate(f"{type(error).__name__}: {error}")
-        await self._forward(message, headers, self.queue.retry_queue, expiration_s=delay_s)
+        await self._forward(message, headers, self.queue.retry_queue(delay_s))
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str, error: BaseException) -> None:
         headers = self._forwarded_headers(message)
@@ -428,11 +476,9 @@ class _QueueConsumer:
         headers["x-dead-lettered-by"] = self._runtime.settings.service_name
         headers["x-original-queue"] = self.queue.name
         headers["x-exception-type"] = type(error).__name__
-        await self._forward(message, headers, self.queue.dead_letter_queue, expiration_s=None)
+        await self._forward(message, headers, self.queue.dead_letter_queue)
 
-    async def _forward(
-        self, message: AbstractIncomingMessage, headers: dict[str, Any], queue_name: str, *, expiration_s: float | None
-    ) -> None:
+    async def _forward(self, message: AbstractIncomingMessage, headers: dict[str, Any], queue_name: str) -> None:
         copy = aio_pika.Message(
             body=message.body,
             headers=headers,
@@ -444,9 +490,14 @@ class _QueueConsumer:
             type=message.type,
             app_id=message.app_id,
             timestamp=message.timestamp,
-            expiration=expiration_s,
         )
-        await self._runtime.broker.publish_message(copy, exchange="", routing_key=queue_name)
+        await self._runtime.broker.publish_message(
+            copy, exchange="", routing_key=queue_name, event_type_label=self._event_type
+        )
+
+
+def _bound_correlation_id(message: AbstractIncomingMessage) -> str:
+    return correlation.sanitize_correlation_id(message.correlation_id)
 
 
 class Consumer(_QueueConsumer, Generic[EventT]):
@@ -470,8 +521,15 @@ class Consumer(_QueueConsumer, Generic[EventT]):
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._enter()
         try:
-            with correlation.bound(message.correlation_id or correlation.new_correlation_id(), message.message_id):
-                outcome = await self._process(message)
+            with correlation.bound(_bound_correlation_id(message), message.message_id):
+                try:
+                    outcome = await self._process(message)
+                except Exception:
+                    # A bug in the consumer itself, not the handler: never leave the delivery unsettled.
+                    log.exception("settling a delivery from %s failed; returning it to its queue", self.queue.name)
+                    await asyncio.sleep(self._runtime.settings.dependency_retry_delay_s)
+                    await self._requeue(message)
+                    outcome = "requeued"
             metrics.MESSAGES_CONSUMED.labels(queue=self.queue.name, outcome=outcome).inc()
         finally:
             self._leave()
@@ -479,10 +537,10 @@ class Consumer(_QueueConsumer, Generic[EventT]):
     async def _process(self, message: AbstractIncomingMessage) -> str:
         try:
             event = decode(message, self.queue.event)
+            attempt = attempt_of(message)
         except PoisonMessage as exc:
             return await self._settle_poison(message, exc)
 
-        attempt = attempt_of(message)
         context = MessageContext(self.queue, event, attempt, self._runtime)
         started = time.perf_counter()
         try:
@@ -496,6 +554,14 @@ class Consumer(_QueueConsumer, Generic[EventT]):
             log.info("%s %s already processed; acknowledging the duplicate", event.event_type, event.event_id)
             return await self._settle(message, None, "duplicate")
         except Exception as exc:
+            if context.committed:
+                log.error(
+                    "%s %s: the handler raised after its transaction committed; its effects stand, acknowledging",
+                    event.event_type,
+                    event.event_id,
+                    exc_info=exc,
+                )
+                return await self._settle(message, None, "failed_after_commit")
             return await self._settle_failure(message, event, attempt, exc)
 
         elapsed = time.perf_counter() - started
@@ -516,6 +582,7 @@ class Consumer(_QueueConsumer, Generic[EventT]):
 class _Delivery(Generic[EventT]):
     message: AbstractIncomingMessage
     event: EventT
+    attempt: int
 
 
 class BatchConsumer(_QueueConsumer, Generic[EventT]):
@@ -523,16 +590,20 @@ class BatchConsumer(_QueueConsumer, Generic[EventT]):
 
     Deliveries wait in a buffer until `max_size` are there or the oldest has waited `max_wait_s`;
     then one handler call commits the whole batch in one transaction, together with the
-    processed-event record of every event in it, and every message is acknowledged after that
-    commit. Events processed before (redeliveries, duplicates, copies inside the batch) are left
-    out before the handler sees the batch. Poison messages are dead-lettered one by one.
+    processed-event record of every event in it, and the batch is acknowledged after that commit
+    (one `basic.ack` with `multiple` per channel, which halves the broker's work per message).
+    Copies inside a batch count once. Events processed before (redeliveries, duplicates) are found
+    by the transaction's own record of the batch, without a look-up first: the transaction is rolled
+    back before its body runs, and the handler runs again without them. Poison messages are
+    dead-lettered one by one.
 
     If the handler raises for a batch, nothing of it was committed, and its messages are handled
     again one at a time, so a single bad message is retried or dead-lettered on its own and does
     not hold the others back. While a dependency is down, the whole batch is deferred.
 
     The prefetch must leave room for a full batch; twice `max_size` lets the next batch fill
-    while one is being committed. Batches are handled one after another per consumer.
+    while one is being committed. Batches are handled one after another per consumer, by a
+    background task the service watches (and starts again should it die).
     """
 
     def __init__(
@@ -554,19 +625,15 @@ class BatchConsumer(_QueueConsumer, Generic[EventT]):
         self._max_size = subscription.max_size
         self._max_wait_s = subscription.max_wait_s
         self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        self._flusher: asyncio.Task[None] | None = None
+        self._task_name = f"batches-{queue.name}"
 
     async def start(self) -> None:
-        self._flusher = asyncio.create_task(self._flush_forever(), name=f"batches-{self.queue.name}")
+        self._task_name = self._runtime.tasks.start(self._task_name, self._flush_forever)
         await super().start()
 
     async def stop(self, grace_s: float) -> None:
         await super().stop(grace_s)
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+        await self._runtime.tasks.stop(self._task_name)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._enter()
@@ -597,6 +664,7 @@ class BatchConsumer(_QueueConsumer, Generic[EventT]):
             except Exception:
                 # A bug here must not strand the batch unacknowledged: give it back to the queue.
                 log.exception("handling a batch of %d from %s failed unexpectedly", len(batch), self.queue.name)
+                await asyncio.sleep(self._runtime.settings.dependency_retry_delay_s)
                 for message in batch:
                     await self._requeue(message)
                 outcomes = ["requeued"] * len(batch)
@@ -610,9 +678,10 @@ class BatchConsumer(_QueueConsumer, Generic[EventT]):
         deliveries: list[_Delivery[EventT]] = []
         for message in messages:
             try:
-                deliveries.append(_Delivery(message, decode(message, self.queue.event)))
+                deliveries.append(_Delivery(message, decode(message, self.queue.event), attempt_of(message)))
             except PoisonMessage as exc:
-                outcomes.append(await self._settle_poison(message, exc))
+                with correlation.bound(_bound_correlation_id(message), message.message_id):
+                    outcomes.append(await self._settle_poison(message, exc))
         if deliveries:
             outcomes.extend(await self._handle(deliveries))
         return outcomes
@@ -623,44 +692,64 @@ class BatchConsumer(_QueueConsumer, Generic[EventT]):
             applied = await self._apply(deliveries)
         except Exception as exc:
             if is_dependency_failure(exc) or len(deliveries) == 1:
-                return [
-                    await self._settle_failure(delivery.message, delivery.event, attempt_of(delivery.message), exc)
-                    for delivery in deliveries
-                ]
+                outcomes = []
+                for delivery in deliveries:
+                    with correlation.bound(_bound_correlation_id(delivery.message), delivery.message.message_id):
+                        outcomes.append(
+                            await self._settle_failure(delivery.message, delivery.event, delivery.attempt, exc)
+                        )
+                return outcomes
             log.warning(
                 "a batch of %d from %s failed (%r); handling its messages one by one",
                 len(deliveries),
                 self.queue.name,
                 exc,
             )
-            outcomes: list[str] = []
+            outcomes = []
             for delivery in deliveries:
-                with correlation.bound(
-                    delivery.message.correlation_id or correlation.new_correlation_id(), delivery.message.message_id
-                ):
-                    outcomes.extend(await self._handle([delivery]))
+                outcomes.extend(await self._handle([delivery]))
             return outcomes
 
         metrics.HANDLER_DURATION.labels(queue=self.queue.name).observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.labels(queue=self.queue.name).observe(len(applied))
-        outcomes = []
         for delivery in deliveries:
             if delivery.message in applied:
                 self._observe_end_to_end(delivery.message)
-                outcomes.append(await self._settle(delivery.message, None, "acked"))
-            else:
-                outcomes.append(await self._settle(delivery.message, None, "duplicate"))
-        return outcomes
+        acknowledged = await self._ack_all([delivery.message for delivery in deliveries])
+        return [
+            ("acked" if delivery.message in applied else "duplicate") if ok else "redelivery_pending"
+            for delivery, ok in zip(deliveries, acknowledged, strict=True)
+        ]
+
+    async def _ack_all(self, messages: Sequence[AbstractIncomingMessage]) -> list[bool]:
+        """Acknowledge `messages` with one `multiple` ack per channel; return which were acknowledged.
+
+        Safe because batches are settled in delivery order: when a batch is done, every earlier delivery
+        of the channel has been settled already, so the ack covers exactly this batch."""
+        by_channel: dict[int, list[AbstractIncomingMessage]] = {}
+        for message in messages:
+            by_channel.setdefault(id(message.channel), []).append(message)
+        acknowledged: dict[int, bool] = {}
+        for channel_messages in by_channel.values():
+            last = max(channel_messages, key=lambda message: message.delivery_tag or 0)
+            try:
+                await last.ack(multiple=True)
+                ok = True
+            except Exception as exc:  # the channel closed under us: the broker redelivers them all
+                log.warning(
+                    "could not acknowledge a batch from %s: %r; the broker will redeliver it", self.queue.name, exc
+                )
+                ok = False
+            for message in channel_messages:
+                acknowledged[id(message)] = ok
+        return [acknowledged[id(message)] for message in messages]
 
     async def _apply(self, deliveries: Sequence[_Delivery[EventT]]) -> set[AbstractIncomingMessage]:
         """Run the handler on the events not processed before; return the messages it applied."""
+        fresh: dict[str, _Delivery[EventT]] = {}
+        for delivery in deliveries:
+            fresh.setdefault(str(delivery.event.event_id), delivery)  # a copy inside the batch counts once
         for _ in range(len(deliveries) + 1):
-            done = await _already_processed(self._runtime.database, self.queue, [d.event for d in deliveries])
-            fresh: dict[str, _Delivery[EventT]] = {}
-            for delivery in deliveries:
-                event_id = str(delivery.event.event_id)
-                if event_id not in done and event_id not in fresh:
-                    fresh[event_id] = delivery
             if not fresh:
                 return set()
             context = BatchContext(self.queue, [delivery.event for delivery in fresh.values()], self._runtime)
@@ -670,7 +759,10 @@ class BatchConsumer(_QueueConsumer, Generic[EventT]):
                     async with context.transaction():
                         pass  # the handler had nothing to write: record the events as processed
             except DuplicateDelivery:
-                log.info("part of a batch from %s was handled elsewhere meanwhile; handling the rest", self.queue.name)
+                # Rolled back: some were handled before (a redelivery) or meanwhile (a replica). Leave them out.
+                done = await _already_processed(self._runtime.database, self.queue, context.events)
+                log.info("%d of a batch from %s were handled already; handling the rest", len(done), self.queue.name)
+                fresh = {event_id: delivery for event_id, delivery in fresh.items() if event_id not in done}
                 continue
             return {delivery.message for delivery in fresh.values()}
         raise RuntimeError(f"a batch from {self.queue.name} kept meeting concurrent duplicates")

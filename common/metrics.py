@@ -68,11 +68,30 @@ OUTBOX_OLDEST_AGE = Gauge("outbox_oldest_row_age_seconds", "Age of the oldest un
 OUTBOX_RELAYED = Counter(
     "outbox_relayed_total", "Outbox rows published by the relay rather than right after their commit."
 )
+OUTBOX_PARKED = Gauge(
+    "outbox_parked_rows",
+    "Outbox rows that can never be published (unroutable, unknown exchange), kept with the reason.",
+)
+OUTBOX_ROWS_PARKED = Counter("outbox_rows_parked_total", "Outbox rows parked, by kind of problem.", ["kind"])
+BACKGROUND_TASK_RESTARTS = Counter(
+    "background_task_restarts_total",
+    "Background tasks (outbox, batch flushers, ...) that died and were restarted.",
+    ["task"],
+)
 
 # Shared by the saga's participants (inventory releases and reverses, payment refunds): one name.
 SAGA_COMPENSATIONS = Counter("saga_compensations_total", "Compensating actions the saga ran, by action.", ["action"])
 
-CONSUMER_OUTCOMES = ("acked", "duplicate", "retried", "deferred", "dead_lettered", "requeued", "redelivery_pending")
+CONSUMER_OUTCOMES = (
+    "acked",
+    "duplicate",
+    "retried",
+    "deferred",
+    "dead_lettered",
+    "requeued",
+    "redelivery_pending",
+    "failed_after_commit",
+)
 
 
 def initialise_consumer_series(queue: str) -> None:

@@ -9,6 +9,7 @@ from common.broker import Broker
 from common.database import Database
 from common.outbox import Outbox
 from common.settings import ServiceSettings
+from common.tasks import BackgroundTasks
 
 T = TypeVar("T")
 
@@ -40,4 +41,5 @@ class Runtime:
     database: Database
     broker: Broker
     outbox: Outbox
+    tasks: BackgroundTasks = field(default_factory=BackgroundTasks)
     resources: Resources = field(default_factory=Resources)

@@ -13,14 +13,13 @@ connection is open and the database answers), `/metrics` and `/docs`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Annotated, Any, Literal
 
-import sqlalchemy.exc
+import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -34,13 +33,14 @@ from common import correlation
 from common.asyncapi import asyncapi_document
 from common.broker import Broker, BrokerUnavailable
 from common.consumer import BatchConsumer, Batched, Consumer, Subscription
-from common.database import Database, is_dependency_failure, is_invalid_input
+from common.database import Database, DatabaseUnavailable, is_dependency_failure, is_invalid_input
 from common.http_metrics import instrument_http
 from common.inputs import printable
 from common.logs import configure_logging
 from common.outbox import Outbox
 from common.runtime import Runtime
 from common.settings import ServiceSettings
+from common.tasks import BackgroundTasks
 from common.topology import ConsumedQueue, queues_consumed_by
 
 log = logging.getLogger(__name__)
@@ -173,12 +173,6 @@ async def _prune_processed_events_forever(settings: ServiceSettings, database: D
         await asyncio.sleep(settings.processed_events_prune_interval_s)
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 def create_service(
     settings: ServiceSettings,
     *,
@@ -200,19 +194,20 @@ def create_service(
             database = Database(settings, metadata)
             stack.push_async_callback(database.dispose)
             await database.create_tables()
-            await database.warm_up()
+            await database.open()
 
             broker = Broker(settings)
             stack.push_async_callback(broker.close)
             await broker.connect()
 
+            tasks = BackgroundTasks()
+            stack.push_async_callback(tasks.close)
             outbox = Outbox(settings, database, broker)
-            outbox.start()
+            outbox.start(tasks)
             stack.push_async_callback(outbox.close)
-            pruner = asyncio.create_task(_prune_processed_events_forever(settings, database), name="prune")
-            stack.push_async_callback(_cancel, pruner)
+            tasks.start("prune-processed-events", lambda: _prune_processed_events_forever(settings, database))
 
-            runtime = Runtime(settings=settings, database=database, broker=broker, outbox=outbox)
+            runtime = Runtime(settings=settings, database=database, broker=broker, outbox=outbox, tasks=tasks)
             app.state.runtime = runtime
             for service_lifespan in lifespans:
                 await stack.enter_async_context(service_lifespan(runtime))
@@ -251,8 +246,7 @@ def create_service(
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": validation_errors(exc.errors())})
 
-    @app.exception_handler(sqlalchemy.exc.SQLAlchemyError)
-    async def database_error(request: Request, exc: sqlalchemy.exc.SQLAlchemyError) -> JSONResponse:
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
         if is_dependency_failure(exc):
             log.warning("refusing %s %s: database unavailable: %r", request.method, request.url.path, exc)
             return JSONResponse(
@@ -263,7 +257,7 @@ def create_service(
         if is_invalid_input(exc):
             # The API models should have refused the value already; this keeps a value they let through
             # a client error, in the shape of FastAPI's own 422 so clients read one format.
-            reason = printable(str(getattr(exc, "orig", None) or exc).split("\n", 1)[0])  # it quotes the value
+            reason = printable(str(exc).split("\n", 1)[0])  # it quotes the value
             log.warning("refusing %s %s: the database refused a value: %s", request.method, request.url.path, reason)
             error = {
                 "type": "value_error",
@@ -272,6 +266,9 @@ def create_service(
             }
             return JSONResponse(status_code=422, content={"detail": validation_errors([error])})
         raise exc
+
+    for database_exception in (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError):
+        app.add_exception_handler(database_exception, database_error)
 
     @app.exception_handler(OSError)
     async def connection_error(request: Request, exc: OSError) -> JSONResponse:
@@ -289,7 +286,7 @@ def create_service(
     @app.get(
         "/ready",
         tags=["operations"],
-        summary="Readiness: the broker connection is open and the database answers",
+        summary="Readiness: the broker connection is open, the database answers, every background task runs",
         response_model=ReadinessResponse,
         responses={503: {"model": ReadinessResponse, "description": "A dependency is down."}},
     )
@@ -300,6 +297,8 @@ def create_service(
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"unavailable: {type(exc).__name__}"
+        for task, problem in runtime.tasks.problems().items():
+            checks[f"task {task}"] = problem
         is_ready = all(value == "ok" for value in checks.values())
         body = ReadinessResponse(
             status="ready" if is_ready else "not ready", service=settings.service_name, checks=checks

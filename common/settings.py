@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Seconds = Annotated[float, Field(ge=0)]
@@ -51,10 +51,15 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_s: PositiveSeconds = 10.0
 
     # --- transactional outbox -----------------------------------------------------------------
-    # Rows not published right after their commit (crash, broker outage) are swept up by the relay.
+    # A row belongs to its writer's dispatcher for this long after its insert (claims must outlive the
+    # publish timeout); after that, or once given back, the relay publishes it (crash, broker outage).
+    outbox_dispatch_claim_s: PositiveSeconds = 10.0
+    # Rows waiting in memory for the dispatcher, at most; beyond that new rows go to the relay.
+    outbox_dispatch_queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     outbox_relay_interval_s: PositiveSeconds = 1.0
-    outbox_relay_grace_s: PositiveSeconds = 2.0
     outbox_relay_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    # How often the relay refreshes the backlog gauges (a count over the outbox table).
+    outbox_backlog_interval_s: PositiveSeconds = 5.0
 
     # --- idempotency records ------------------------------------------------------------------
     # Processed-event ids are kept this long, far beyond any redelivery or retry delay, then pruned
@@ -66,6 +71,13 @@ class ServiceSettings(BaseSettings):
     email_send_delay_s: Seconds = 0.5
     payment_delay_s: Seconds = 2.0
     report_cpu_seconds: Seconds = 10.0
+
+    @model_validator(mode="after")
+    def _claims_outlive_publishing(self) -> ServiceSettings:
+        # The dispatcher starts a publish only while its claim has publish_timeout_s + 1 s left.
+        if self.outbox_dispatch_claim_s <= self.publish_timeout_s + 1.0:
+            raise ValueError("OUTBOX_DISPATCH_CLAIM_S must exceed PUBLISH_TIMEOUT_S by more than a second")
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -4,9 +4,11 @@ Read this file to see the whole flow. Publishers name an *event type*, never a q
 says where each type goes. Consumers name a `ConsumedQueue`: `QUEUES` says which service
 consumes which queue and what event it carries.
 
-Every consumed queue `q` comes with two companions, declared together:
-- `q.retry`: a failed message waits here for its back-off delay (per-message TTL), then the
-  broker dead-letters it back into `q`;
+Every consumed queue `q` comes with companions:
+- `q.retry.<delay>ms`, one per back-off delay its consumer uses (declared by the consumer at its start,
+  from its retry settings): a failed message waits in the queue of its delay (a queue-wide TTL), then
+  the broker dead-letters it back into `q`. One queue per delay, because a queue expires messages
+  from its head only: a 0.5 s retry must never wait behind a 32 s one;
 - `q.dlq`: messages that must not be retried (malformed, schema-invalid, out of attempts, or
   redelivered past the broker's delivery limit), each with the reason in its headers.
 
@@ -80,9 +82,9 @@ class ConsumedQueue:
     exchange: Exchange
     description: str
 
-    @property
-    def retry_queue(self) -> str:
-        return f"{self.name}.retry"
+    def retry_queue(self, delay_s: float) -> str:
+        """The companion where a failed message waits `delay_s` before it returns to this queue."""
+        return f"{self.name}.retry.{retry_delay_ms(delay_s)}ms"
 
     @property
     def dead_letter_queue(self) -> str:
@@ -407,11 +409,17 @@ def main_queue_arguments(queue: ConsumedQueue) -> dict[str, str | int]:
     }
 
 
-def retry_queue_arguments(queue: ConsumedQueue) -> dict[str, str | int]:
-    # Messages carry their own back-off as a per-message TTL; on expiry they return to `queue`.
+def retry_delay_ms(delay_s: float) -> int:
+    return max(1, round(delay_s * 1000))
+
+
+def retry_queue_arguments(queue: ConsumedQueue, delay_s: float) -> dict[str, str | int]:
+    # Every message of the queue waits the same time, so they expire in the order they came: on expiry
+    # each returns to `queue`.
     return {
         **_QUORUM,
         **_AT_LEAST_ONCE_DEAD_LETTERING,
+        "x-message-ttl": retry_delay_ms(delay_s),
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": queue.name,
     }
@@ -430,12 +438,9 @@ async def declare_exchange(channel: aio_pika.abc.AbstractChannel, exchange: Exch
 
 
 async def declare_queue(channel: aio_pika.abc.AbstractChannel, queue: ConsumedQueue) -> aio_pika.abc.AbstractQueue:
-    """Declare `queue` with its retry and dead-letter companions and its binding; return the main queue."""
+    """Declare `queue` with its dead-letter companion and its binding; return the main queue."""
     await channel.declare_queue(
         queue.dead_letter_queue, durable=True, auto_delete=False, arguments=dead_letter_queue_arguments(queue)
-    )
-    await channel.declare_queue(
-        queue.retry_queue, durable=True, auto_delete=False, arguments=retry_queue_arguments(queue)
     )
     main = await channel.declare_queue(
         queue.name, durable=True, auto_delete=False, arguments=main_queue_arguments(queue)
@@ -444,6 +449,16 @@ async def declare_queue(channel: aio_pika.abc.AbstractChannel, queue: ConsumedQu
         exchange = await declare_exchange(channel, queue.exchange)
         await main.bind(exchange, routing_key="")
     return main
+
+
+async def declare_retry_queues(
+    channel: aio_pika.abc.AbstractChannel, queue: ConsumedQueue, delays_s: Iterable[float]
+) -> None:
+    """Declare the retry companions of `queue` for the back-off delays its consumer uses."""
+    for delay_s in sorted(set(delays_s)):
+        await channel.declare_queue(
+            queue.retry_queue(delay_s), durable=True, auto_delete=False, arguments=retry_queue_arguments(queue, delay_s)
+        )
 
 
 async def declare_topology(

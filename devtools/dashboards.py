@@ -236,7 +236,8 @@ def messaging() -> Dashboard:
                         "Waiting for a retry",
                         [
                             Query(
-                                f'sum by (vhost, queue) (rabbitmq_queue_messages{{{per_object}, queue=~".*[.]retry"}})',
+                                "sum by (vhost, queue) "
+                                f'(rabbitmq_queue_messages{{{per_object}, queue=~".*[.]retry[.].*"}})',
                                 "{{queue}} ({{vhost}})",
                             )
                         ],

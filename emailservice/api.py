@@ -1,16 +1,26 @@
+import functools
 from datetime import datetime
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from common.inputs import MAX_DATABASE_INT, PlainInt
 from common.service import UNAVAILABLE_RESPONSE, RuntimeDep
+from common.sql import Statement
 from emailservice.tables import sent_emails
 
 router = APIRouter(tags=["emails"])
 
 MAX_PAGE = 500
+
+
+@functools.cache
+def emails_query(for_one_user: bool) -> Statement:
+    query = select(sent_emails).order_by(sent_emails.c.id.desc()).limit(bindparam("limit"))
+    if for_one_user:
+        query = query.where(sent_emails.c.user_id == bindparam("user_id"))
+    return Statement(query)
 
 
 class SentEmail(BaseModel):
@@ -29,9 +39,8 @@ async def list_emails(
     ),
     limit: PlainInt = Query(default=100, ge=1, le=MAX_PAGE),
 ) -> list[SentEmail]:
-    query = select(sent_emails).order_by(sent_emails.c.id.desc()).limit(limit)
-    if user_id is not None:
-        query = query.where(sent_emails.c.user_id == user_id)
-    async with runtime.database.engine.connect() as connection:
-        rows = (await connection.execute(query)).all()
-    return [SentEmail.model_validate(row._mapping) for row in rows]
+    if user_id is None:
+        rows = await runtime.database.fetch(emails_query(for_one_user=False), limit=limit)
+    else:
+        rows = await runtime.database.fetch(emails_query(for_one_user=True), limit=limit, user_id=user_id)
+    return [SentEmail.model_validate(dict(row)) for row in rows]

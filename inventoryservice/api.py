@@ -3,10 +3,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from common.inputs import PlainInt
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+from common.sql import Statement
 from inventoryservice.tables import reservations, stock
 
 router = APIRouter(tags=["inventory"])
@@ -54,6 +55,9 @@ _STOCK_COLUMNS = (
     stock.c.stock_version,
     stock.c.updated_at,
 )
+READ_STOCK = Statement(select(*_STOCK_COLUMNS).where(stock.c.product_id == bindparam("product_id")))
+LIST_STOCK = Statement(select(*_STOCK_COLUMNS).order_by(stock.c.product_id).limit(bindparam("limit")))
+READ_RESERVATION = Statement(select(reservations).where(reservations.c.order_id == bindparam("order_id")))
 
 
 @router.get(
@@ -62,18 +66,16 @@ _STOCK_COLUMNS = (
     responses={404: {"model": ErrorResponse, "description": "Inventory has no stock for it."}, **UNAVAILABLE_RESPONSE},
 )
 async def read_stock(product_id: DatabaseId, runtime: RuntimeDep) -> StockLevel:
-    async with runtime.database.engine.connect() as connection:
-        row = (await connection.execute(select(*_STOCK_COLUMNS).where(stock.c.product_id == product_id))).first()
+    row = await runtime.database.fetchrow(READ_STOCK, product_id=product_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"inventory has no stock for product {product_id}")
-    return StockLevel.model_validate(row._mapping)
+    return StockLevel.model_validate(dict(row))
 
 
 @router.get("/inventory", summary="Every product's stock, by product id", responses=UNAVAILABLE_RESPONSE)
 async def list_stock(runtime: RuntimeDep, limit: PlainInt = Query(default=100, ge=1, le=MAX_PAGE)) -> list[StockLevel]:
-    async with runtime.database.engine.connect() as connection:
-        rows = (await connection.execute(select(*_STOCK_COLUMNS).order_by(stock.c.product_id).limit(limit))).all()
-    return [StockLevel.model_validate(row._mapping) for row in rows]
+    rows = await runtime.database.fetch(LIST_STOCK, limit=limit)
+    return [StockLevel.model_validate(dict(row)) for row in rows]
 
 
 @router.get(
@@ -82,8 +84,7 @@ async def list_stock(runtime: RuntimeDep, limit: PlainInt = Query(default=100, g
     responses={404: {"model": ErrorResponse, "description": "Inventory never heard of it."}, **UNAVAILABLE_RESPONSE},
 )
 async def read_reservation(order_id: DatabaseId, runtime: RuntimeDep) -> Reservation:
-    async with runtime.database.engine.connect() as connection:
-        row = (await connection.execute(select(reservations).where(reservations.c.order_id == order_id))).first()
+    row = await runtime.database.fetchrow(READ_RESERVATION, order_id=order_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"inventory has no reservation for order {order_id}")
-    return Reservation.model_validate(row._mapping)
+    return Reservation.model_validate(dict(row))

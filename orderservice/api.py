@@ -1,15 +1,17 @@
+import functools
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, insert, select
+from sqlalchemy import Float, bindparam, func, insert, select
 
 from common.correlation import current_correlation_id
 from common.events import OrderCreated, PaymentBehaviour
 from common.inputs import PlainInt
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+from common.sql import Statement
 from orderservice.tables import order_steps, orders
 from orderservice.timeouts import order_settings
 
@@ -19,6 +21,36 @@ MAX_QUANTITY = 1000
 MAX_PAGE = 500
 MAX_ID = 2**31 - 1
 OrderStatus = Literal["pending", "completed", "failed"]
+
+
+CREATE_ORDER = Statement(
+    insert(orders)
+    .values(
+        product_id=bindparam("product_id"),
+        quantity=bindparam("quantity"),
+        payment_behaviour=bindparam("payment_behaviour"),
+        correlation_id=bindparam("correlation_id"),
+        created_event_id=bindparam("created_event_id"),
+        deadline=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("timeout_s", type_=Float)),
+    )
+    .returning(orders.c.id)
+)
+READ_ORDER = Statement(select(orders).where(orders.c.id == bindparam("order_id")))
+READ_STEPS = Statement(
+    select(order_steps)
+    .where(order_steps.c.order_id == bindparam("order_id"))
+    .order_by(order_steps.c.occurred_at, order_steps.c.id)
+)
+
+
+@functools.cache
+def orders_query(by_status: bool, by_product: bool) -> Statement:
+    query = select(orders).order_by(orders.c.id.desc()).limit(bindparam("limit"))
+    if by_status:
+        query = query.where(orders.c.status == bindparam("status"))
+    if by_product:
+        query = query.where(orders.c.product_id == bindparam("product_id"))
+    return Statement(query)
 
 
 class CreateOrderRequest(BaseModel):
@@ -81,21 +113,17 @@ class Order(OrderSummary):
     responses=UNAVAILABLE_RESPONSE,
 )
 async def create_order(request: CreateOrderRequest, runtime: RuntimeDep) -> OrderAccepted:
-    timeout = timedelta(seconds=order_settings(runtime).saga_timeout_s)
     event_id = uuid.uuid4()
     correlation_id = current_correlation_id()
     async with runtime.outbox.transaction() as unit:
-        order_id = await unit.connection.scalar(
-            insert(orders)
-            .values(
-                product_id=request.product_id,
-                quantity=request.quantity,
-                payment_behaviour=request.payment_behaviour,
-                correlation_id=correlation_id,
-                created_event_id=str(event_id),
-                deadline=func.now() + timeout,
-            )
-            .returning(orders.c.id)
+        order_id = await unit.connection.fetchval(
+            CREATE_ORDER,
+            product_id=request.product_id,
+            quantity=request.quantity,
+            payment_behaviour=request.payment_behaviour,
+            correlation_id=correlation_id,
+            created_event_id=str(event_id),
+            timeout_s=order_settings(runtime).saga_timeout_s,
         )
         unit.publish(
             OrderCreated(
@@ -116,37 +144,31 @@ async def create_order(request: CreateOrderRequest, runtime: RuntimeDep) -> Orde
     responses={404: {"model": ErrorResponse, "description": "No such order."}, **UNAVAILABLE_RESPONSE},
 )
 async def read_order(order_id: Annotated[PlainInt, Path(ge=1, le=MAX_ID)], runtime: RuntimeDep) -> Order:
-    async with runtime.database.engine.connect() as connection:
-        order = (await connection.execute(select(orders).where(orders.c.id == order_id))).first()
+    async with runtime.database.connection() as connection:
+        order = await connection.fetchrow(READ_ORDER, order_id=order_id)
         if order is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"order {order_id} not found")
-        steps = (
-            await connection.execute(
-                select(order_steps)
-                .where(order_steps.c.order_id == order_id)
-                .order_by(order_steps.c.occurred_at, order_steps.c.id)
-            )
-        ).all()
+        steps = await connection.fetch(READ_STEPS, order_id=order_id)
     created = SagaStep(
         step="order_created",
         event_type=OrderCreated.type_name(),
         service="orderservice",
-        at=order.created_at,
-        detail=f"{order.quantity} of product {order.product_id} ordered",
-        event_id=order.created_event_id,
+        at=order["created_at"],
+        detail=f"{order['quantity']} of product {order['product_id']} ordered",
+        event_id=order["created_event_id"],
     )
     timeline = [created] + [
         SagaStep(
-            step=step.step,
-            event_type=step.event_type,
-            service=step.service,
-            at=step.occurred_at,
-            detail=step.detail,
-            event_id=step.event_id,
+            step=step["step"],
+            event_type=step["event_type"],
+            service=step["service"],
+            at=step["occurred_at"],
+            detail=step["detail"],
+            event_id=step["event_id"],
         )
         for step in steps
     ]
-    return Order.model_validate({**order._mapping, "timeline": timeline})
+    return Order.model_validate({**dict(order), "timeline": timeline})
 
 
 @router.get("/orders", summary="Orders, newest first, optionally by status or product", responses=UNAVAILABLE_RESPONSE)
@@ -156,11 +178,11 @@ async def list_orders(
     product_id: PlainInt | None = Query(default=None, ge=1, le=MAX_ID, description="Only orders of this product."),
     limit: PlainInt = Query(default=100, ge=1, le=MAX_PAGE),
 ) -> list[OrderSummary]:
-    query = select(orders).order_by(orders.c.id.desc()).limit(limit)
+    filters: dict[str, object] = {}
     if status_filter is not None:
-        query = query.where(orders.c.status == status_filter)
+        filters["status"] = status_filter
     if product_id is not None:
-        query = query.where(orders.c.product_id == product_id)
-    async with runtime.database.engine.connect() as connection:
-        rows = (await connection.execute(query)).all()
-    return [OrderSummary.model_validate(row._mapping) for row in rows]
+        filters["product_id"] = product_id
+    query = orders_query(by_status="status" in filters, by_product="product_id" in filters)
+    rows = await runtime.database.fetch(query, limit=limit, **filters)
+    return [OrderSummary.model_validate(dict(row)) for row in rows]

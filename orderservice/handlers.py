@@ -12,9 +12,8 @@ import logging
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.consumer import MessageContext, Reject
 from common.events import (
@@ -26,6 +25,7 @@ from common.events import (
     StockReservationFailed,
     StockReserved,
 )
+from common.sql import Connection, Statement
 from common.topology import route_for
 from orderservice.metrics import SAGA_DURATION
 from orderservice.tables import order_steps, orders
@@ -33,6 +33,21 @@ from orderservice.tables import order_steps, orders
 log = logging.getLogger(__name__)
 
 Outcome = Literal["completed", "failed"]
+
+_ORDER = bindparam("order_id")
+LOCK_ORDER = Statement(select(orders.c.status, orders.c.failure_reason).where(orders.c.id == _ORDER).with_for_update())
+END_ORDER = Statement(
+    update(orders)
+    .where(orders.c.id == _ORDER)
+    .values(status=bindparam("status"), failure_reason=bindparam("failure_reason"), updated_at=func.now())
+    .returning(orders.c.created_at, orders.c.updated_at)
+)
+_STEP_COLUMNS = ("order_id", "step", "event_type", "event_id", "service", "detail", "occurred_at")
+RECORD_STEP = Statement(
+    pg_insert(order_steps)
+    .values({column: bindparam(column, type_=order_steps.c[column].type) for column in _STEP_COLUMNS})
+    .on_conflict_do_nothing(index_elements=["order_id", "step"])
+)
 
 
 def step_row(order_id: int, step: str, event: Event, detail: str) -> dict[str, object]:
@@ -51,15 +66,11 @@ def observe_saga(status: str, reason: str | None, created_at: datetime, ended_at
     SAGA_DURATION.labels(status=status, reason=reason or "").observe(max(0.0, (ended_at - created_at).total_seconds()))
 
 
-async def _lock_order(connection: AsyncConnection, order_id: int) -> tuple[str, str | None]:
-    found = (
-        await connection.execute(
-            select(orders.c.status, orders.c.failure_reason).where(orders.c.id == order_id).with_for_update()
-        )
-    ).first()
+async def _lock_order(connection: Connection, order_id: int) -> tuple[str, str | None]:
+    found = await connection.fetchrow(LOCK_ORDER, order_id=order_id)
     if found is None:
         raise Reject(f"order {order_id} was never created by this service")
-    return found.status, found.failure_reason
+    return found["status"], found["failure_reason"]
 
 
 async def _apply(
@@ -76,25 +87,16 @@ async def _apply(
         status, current_reason = await _lock_order(unit.connection, order_id)
         if outcome is not None:
             if status == "pending":
-                ended = (
-                    await unit.connection.execute(
-                        update(orders)
-                        .where(orders.c.id == order_id)
-                        .values(status=outcome, failure_reason=failure_reason, updated_at=func.now())
-                        .returning(orders.c.created_at, orders.c.updated_at)
-                    )
-                ).first()
+                ended = await unit.connection.fetchrow(
+                    END_ORDER, order_id=order_id, status=outcome, failure_reason=failure_reason
+                )
                 detail = f"{detail}; order {outcome}"
             else:
                 late = f"{status} ({current_reason})" if current_reason else status
                 detail = f"{detail}; arrived after the order had {late}: its status stays"
-        await unit.connection.execute(
-            pg_insert(order_steps)
-            .values(step_row(order_id, step, ctx.event, detail))
-            .on_conflict_do_nothing(index_elements=["order_id", "step"])
-        )
+        await unit.connection.execute(RECORD_STEP, **step_row(order_id, step, ctx.event, detail))
     if ended is not None and outcome is not None:
-        observe_saga(outcome, failure_reason, ended.created_at, ended.updated_at)
+        observe_saga(outcome, failure_reason, ended["created_at"], ended["updated_at"])
 
 
 async def on_stock_reserved(event: StockReserved, ctx: MessageContext[StockReserved]) -> None:

@@ -14,19 +14,41 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import bindparam, func, select, update
 
 from common.database import is_dependency_failure
 from common.events import OrderCancelled
 from common.runtime import Runtime
-from orderservice.handlers import observe_saga, step_row
+from common.sql import Statement
+from orderservice.handlers import RECORD_STEP, observe_saga, step_row
 from orderservice.settings import Settings
-from orderservice.tables import order_steps, orders
+from orderservice.tables import orders
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = "timeout"
+
+_overdue = (
+    select(orders.c.id)
+    .where(orders.c.status == "pending", orders.c.deadline <= func.now())
+    .order_by(orders.c.deadline)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+FAIL_OVERDUE = Statement(
+    update(orders)
+    .where(orders.c.id.in_(_overdue.scalar_subquery()))
+    .values(status="failed", failure_reason=TIMEOUT, updated_at=func.now())
+    .returning(
+        orders.c.id,
+        orders.c.product_id,
+        orders.c.quantity,
+        orders.c.correlation_id,
+        orders.c.created_at,
+        orders.c.updated_at,
+        orders.c.deadline,
+    )
+)
 
 
 def order_settings(runtime: Runtime) -> Settings:
@@ -39,58 +61,34 @@ def order_settings(runtime: Runtime) -> Settings:
 async def fail_overdue_orders(runtime: Runtime) -> int:
     """Fail one batch of overdue orders and announce their cancellation; return how many."""
     settings = order_settings(runtime)
-    overdue = (
-        select(orders.c.id)
-        .where(orders.c.status == "pending", orders.c.deadline <= func.now())
-        .order_by(orders.c.deadline)
-        .limit(settings.saga_timeout_batch_size)
-        .with_for_update(skip_locked=True)
-    )
     async with runtime.outbox.transaction() as unit:
-        failed = (
-            await unit.connection.execute(
-                update(orders)
-                .where(orders.c.id.in_(overdue))
-                .values(status="failed", failure_reason=TIMEOUT, updated_at=func.now())
-                .returning(
-                    orders.c.id,
-                    orders.c.product_id,
-                    orders.c.quantity,
-                    orders.c.correlation_id,
-                    orders.c.created_at,
-                    orders.c.updated_at,
-                    orders.c.deadline,
-                )
-            )
-        ).all()
+        failed = await unit.connection.fetch(FAIL_OVERDUE, limit=settings.saga_timeout_batch_size)
         if not failed:
             return 0
         steps = []
         for order in failed:
             event = OrderCancelled(
-                order_id=order.id,
-                product_id=order.product_id,
-                quantity=order.quantity,
+                order_id=order["id"],
+                product_id=order["product_id"],
+                quantity=order["quantity"],
                 reason=TIMEOUT,
-                correlation_id=order.correlation_id,
+                correlation_id=order["correlation_id"],
             )
             unit.publish(event)
-            waited = (order.deadline - order.created_at).total_seconds()
+            waited = (order["deadline"] - order["created_at"]).total_seconds()
             steps.append(
                 step_row(
-                    order.id,
+                    order["id"],
                     "order_timed_out",
                     event,
                     f"not completed within {waited:g}s: order failed; inventory releases its stock and payment "
                     "never charges it (or refunds a charge that comes late)",
                 )
             )
-        await unit.connection.execute(
-            pg_insert(order_steps).on_conflict_do_nothing(index_elements=["order_id", "step"]), steps
-        )
+        await unit.connection.executemany(RECORD_STEP, steps)
     for order in failed:
-        observe_saga("failed", TIMEOUT, order.created_at, order.updated_at)
-    log.warning("%d orders timed out: %s", len(failed), [order.id for order in failed])
+        observe_saga("failed", TIMEOUT, order["created_at"], order["updated_at"])
+    log.warning("%d orders timed out: %s", len(failed), [order["id"] for order in failed])
     return len(failed)
 
 
@@ -111,10 +109,8 @@ async def _watch_forever(runtime: Runtime) -> None:
 
 @contextlib.asynccontextmanager
 async def saga_timeouts(runtime: Runtime) -> AsyncIterator[None]:
-    task = asyncio.create_task(_watch_forever(runtime), name="saga-timeouts")
+    runtime.tasks.start("saga-timeouts", lambda: _watch_forever(runtime))
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await runtime.tasks.stop("saga-timeouts")

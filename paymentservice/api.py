@@ -1,14 +1,16 @@
+import functools
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 
 from common.events import CurrencyCode, PaymentBehaviour, PaymentInitiated
 from common.inputs import PlainInt, StorableText
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+from common.sql import Statement
 from paymentservice.gateway import new_payment_id
 from paymentservice.tables import payment_audit, payments
 
@@ -83,6 +85,26 @@ _PAYMENT_COLUMNS = (
     payment_audit.c.recorded_at.label("audited_at"),
 )
 _WITH_AUDIT = payments.outerjoin(payment_audit, payment_audit.c.payment_id == payments.c.payment_id)
+ACCEPT_PAYMENT = Statement(
+    insert(payments).values(
+        payment_id=bindparam("payment_id"),
+        amount=bindparam("amount"),
+        currency=bindparam("currency"),
+        status="processing",
+        payment_behaviour=bindparam("payment_behaviour"),
+    )
+)
+READ_PAYMENT = Statement(
+    select(*_PAYMENT_COLUMNS).select_from(_WITH_AUDIT).where(payments.c.payment_id == bindparam("payment_id"))
+)
+
+
+@functools.cache
+def payments_query(for_one_order: bool) -> Statement:
+    query = select(*_PAYMENT_COLUMNS).select_from(_WITH_AUDIT).order_by(payments.c.created_at.desc())
+    if for_one_order:
+        query = query.where(payments.c.order_id == bindparam("order_id"))
+    return Statement(query.limit(bindparam("limit")))
 
 
 @router.post(
@@ -96,13 +118,11 @@ async def process_payment(request: ProcessPaymentRequest, runtime: RuntimeDep) -
     payment_id = new_payment_id()
     async with runtime.outbox.transaction() as unit:
         await unit.connection.execute(
-            insert(payments).values(
-                payment_id=payment_id,
-                amount=request.amount,
-                currency=request.currency,
-                status="processing",
-                payment_behaviour=request.payment_behaviour,
-            )
+            ACCEPT_PAYMENT,
+            payment_id=payment_id,
+            amount=request.amount,
+            currency=request.currency,
+            payment_behaviour=request.payment_behaviour,
         )
         unit.publish(
             PaymentInitiated(
@@ -124,15 +144,10 @@ async def read_payment(
     runtime: RuntimeDep,
     payment_id: Annotated[StorableText, Path(max_length=100, examples=["pay_3f2a9c1b7d4e8f60a1b2c3d4"])],
 ) -> Payment:
-    async with runtime.database.engine.connect() as connection:
-        row = (
-            await connection.execute(
-                select(*_PAYMENT_COLUMNS).select_from(_WITH_AUDIT).where(payments.c.payment_id == payment_id)
-            )
-        ).first()
+    row = await runtime.database.fetchrow(READ_PAYMENT, payment_id=payment_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"payment {payment_id} not found")
-    return Payment.model_validate(row._mapping)
+    return Payment.model_validate(dict(row))
 
 
 @router.get(
@@ -145,9 +160,8 @@ async def list_payments(
     order_id: PlainInt | None = Query(default=None, ge=1, le=2**31 - 1, description="Only this order's payment."),
     limit: PlainInt = Query(default=100, ge=1, le=MAX_PAGE),
 ) -> list[Payment]:
-    query = select(*_PAYMENT_COLUMNS).select_from(_WITH_AUDIT).order_by(payments.c.created_at.desc()).limit(limit)
-    if order_id is not None:
-        query = query.where(payments.c.order_id == order_id)
-    async with runtime.database.engine.connect() as connection:
-        rows = (await connection.execute(query)).all()
-    return [Payment.model_validate(row._mapping) for row in rows]
+    if order_id is None:
+        rows = await runtime.database.fetch(payments_query(for_one_order=False), limit=limit)
+    else:
+        rows = await runtime.database.fetch(payments_query(for_one_order=True), limit=limit, order_id=order_id)
+    return [Payment.model_validate(dict(row)) for row in rows]

@@ -1,16 +1,19 @@
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
+from asyncpg import Record
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 
 from common.events import Money
 from common.inputs import MAX_DATABASE_INT, DatabaseId, PlainInt, trimmed_text
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+from common.sql import Statement
 from productservice.catalogue import publish_change
 from productservice.tables import products
 
@@ -26,6 +29,41 @@ StockFigure = Annotated[int, Field(strict=True, ge=0, le=MAX_STOCK, description=
 NOT_FOUND_RESPONSE: dict[int | str, dict[str, object]] = {
     404: {"model": ErrorResponse, "description": "No such product."}
 }
+
+
+LIST_PRODUCTS = Statement(
+    select(products).order_by(products.c.id).limit(bindparam("limit")).offset(bindparam("offset"))
+)
+READ_PRODUCT = Statement(select(products).where(products.c.id == bindparam("product_id")))
+CREATE_PRODUCT = Statement(
+    insert(products)
+    .values(
+        name=bindparam("name"),
+        stock=bindparam("stock"),
+        price=bindparam("price"),
+        description=bindparam("description"),
+        product_version=1,
+    )
+    .returning(*products.c)
+)
+
+
+@functools.cache
+def change_statement(fields: frozenset[str]) -> Statement:
+    """One statement per set of fields changed (at most 15), compiled on first use. One statement: the row
+    lock orders concurrent changes, so versions and events agree."""
+    return Statement(
+        update(products)
+        .where(products.c.id == bindparam("product_id"))
+        .values(
+            {
+                **{field: bindparam(field) for field in sorted(fields)},
+                "product_version": products.c.product_version + 1,
+                "updated_at": func.now(),
+            }
+        )
+        .returning(*products.c)
+    )
 
 
 class Product(BaseModel):
@@ -85,8 +123,8 @@ class ProductChangeResponse(BaseModel):
     )
 
 
-def _product(row: Row) -> Product:
-    return Product.model_validate(row._mapping)
+def _product(row: Record) -> Product:
+    return Product.model_validate(dict(row))
 
 
 @router.get("/products", summary="List products by id", responses=UNAVAILABLE_RESPONSE)
@@ -96,9 +134,7 @@ async def list_products(
     # Ids are PostgreSQL integers: no offset beyond their range can find a product.
     offset: PlainInt = Query(default=0, ge=0, le=MAX_DATABASE_INT),
 ) -> list[Product]:
-    query = select(products).order_by(products.c.id).limit(limit).offset(offset)
-    async with runtime.database.engine.connect() as connection:
-        rows = (await connection.execute(query)).all()
+    rows = await runtime.database.fetch(LIST_PRODUCTS, limit=limit, offset=offset)
     return [_product(row) for row in rows]
 
 
@@ -108,8 +144,7 @@ async def list_products(
     responses={**NOT_FOUND_RESPONSE, **UNAVAILABLE_RESPONSE},
 )
 async def read_product(product_id: DatabaseId, runtime: RuntimeDep) -> Product:
-    async with runtime.database.engine.connect() as connection:
-        row = (await connection.execute(select(products).where(products.c.id == product_id))).first()
+    row = await runtime.database.fetchrow(READ_PRODUCT, product_id=product_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"product {product_id} not found")
     return _product(row)
@@ -123,13 +158,10 @@ async def read_product(product_id: DatabaseId, runtime: RuntimeDep) -> Product:
 )
 async def create_product(request: ProductCreate, response: Response, runtime: RuntimeDep) -> Product:
     async with runtime.outbox.transaction() as unit:
-        row = (
-            await unit.connection.execute(
-                insert(products).values(**request.model_dump(), product_version=1).returning(*products.c)
-            )
-        ).one()
+        row = await unit.connection.fetchrow(CREATE_PRODUCT, **request.model_dump())
+        assert row is not None  # an INSERT ... RETURNING returns its row
         publish_change(unit, row, stock_was_set=True)
-    response.headers["Location"] = f"/products/{row.id}"
+    response.headers["Location"] = f"/products/{row['id']}"
     return _product(row)
 
 
@@ -143,16 +175,8 @@ async def create_product(request: ProductCreate, response: Response, runtime: Ru
 async def change_product(product_id: DatabaseId, change: ProductChange, runtime: RuntimeDep) -> ProductChangeResponse:
     values = change.model_dump(exclude_unset=True)
     async with runtime.outbox.transaction() as unit:
-        # One statement: the row lock orders concurrent changes, so versions and events agree.
-        row = (
-            await unit.connection.execute(
-                update(products)
-                .where(products.c.id == product_id)
-                .values(**values, product_version=products.c.product_version + 1, updated_at=func.now())
-                .returning(*products.c)
-            )
-        ).first()
+        row = await unit.connection.fetchrow(change_statement(frozenset(values)), product_id=product_id, **values)
         if row is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"product {product_id} not found")
         publish_change(unit, row, stock_was_set="stock" in values)
-    return ProductChangeResponse(id=row.id, name=row.name, stock=row.stock, event_published=True)
+    return ProductChangeResponse(id=row["id"], name=row["name"], stock=row["stock"], event_published=True)

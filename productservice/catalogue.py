@@ -9,18 +9,20 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import Row, text
+from asyncpg import Record
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from common.events import ProductUpdated, StockLevelSet
 from common.outbox import UnitOfWork
 from common.runtime import Runtime
+from common.sql import Statement
 from productservice.tables import products
 
 log = logging.getLogger(__name__)
 
 
-def publish_change(unit: UnitOfWork, product: Row, *, stock_was_set: bool) -> None:
+def publish_change(unit: UnitOfWork, product: Record, *, stock_was_set: bool) -> None:
     """Publish a product's new state to the fanout and, if a stock figure was given, to inventory.
 
     Both events commit with the change itself (the outbox), so the catalogue, search, cache,
@@ -28,18 +30,20 @@ def publish_change(unit: UnitOfWork, product: Row, *, stock_was_set: bool) -> No
     """
     unit.publish(
         ProductUpdated(
-            product_id=product.id,
-            name=product.name,
-            stock=product.stock,
-            price=product.price,
-            description=product.description,
-            product_version=product.product_version,
-            updated_at=product.updated_at,
+            product_id=product["id"],
+            name=product["name"],
+            stock=product["stock"],
+            price=product["price"],
+            description=product["description"],
+            product_version=product["product_version"],
+            updated_at=product["updated_at"],
         )
     )
     if stock_was_set:
         unit.publish(
-            StockLevelSet(product_id=product.id, available=product.stock, product_version=product.product_version)
+            StockLevelSet(
+                product_id=product["id"], available=product["stock"], product_version=product["product_version"]
+            )
         )
 
 
@@ -59,6 +63,32 @@ SEED_PRODUCTS: tuple[SeedProduct, ...] = (
 )
 
 _SEED_LOCK_KEY = zlib.crc32(b"productservice.seed")
+_LOCK_SEED = Statement(select(func.pg_advisory_xact_lock(bindparam("key"))))
+_SEED = Statement(
+    insert(products)
+    .values(
+        [
+            {
+                "id": seed.id,
+                "name": seed.name,
+                "description": seed.description,
+                "price": seed.price,
+                "stock": seed.stock,
+                "product_version": 1,
+            }
+            for seed in SEED_PRODUCTS
+        ]
+    )
+    .on_conflict_do_nothing(index_elements=[products.c.id])
+    .returning(*products.c)
+)
+_MOVE_SEQUENCE_PAST_SEED = Statement(
+    text(
+        "SELECT setval(pg_get_serial_sequence(:table, 'id'), GREATEST("
+        f"(SELECT COALESCE(max(id), 1) FROM {products.fullname}), "
+        "COALESCE(pg_sequence_last_value(pg_get_serial_sequence(:table, 'id')::regclass), 1)))"
+    ).bindparams(table=products.fullname)
+)
 
 
 async def seed_catalogue(runtime: Runtime) -> int:
@@ -69,39 +99,13 @@ async def seed_catalogue(runtime: Runtime) -> int:
     sequence is then moved past the seeded ids - never backwards - so `POST /products` cannot collide.
     """
     async with runtime.outbox.transaction() as unit:
-        await unit.connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SEED_LOCK_KEY})
-        inserted = (
-            await unit.connection.execute(
-                insert(products)
-                .values(
-                    [
-                        {
-                            "id": seed.id,
-                            "name": seed.name,
-                            "description": seed.description,
-                            "price": seed.price,
-                            "stock": seed.stock,
-                            "product_version": 1,
-                        }
-                        for seed in SEED_PRODUCTS
-                    ]
-                )
-                .on_conflict_do_nothing(index_elements=[products.c.id])
-                .returning(*products.c)
-            )
-        ).all()
+        await unit.connection.execute(_LOCK_SEED, key=_SEED_LOCK_KEY)
+        inserted = await unit.connection.fetch(_SEED)
         for product in inserted:
             publish_change(unit, product, stock_was_set=True)
-        await unit.connection.execute(
-            text(
-                "SELECT setval(pg_get_serial_sequence(:table, 'id'), GREATEST("
-                f"(SELECT COALESCE(max(id), 1) FROM {products.fullname}), "
-                "COALESCE(pg_sequence_last_value(pg_get_serial_sequence(:table, 'id')::regclass), 1)))"
-            ),
-            {"table": products.fullname},
-        )
+        await unit.connection.execute(_MOVE_SEQUENCE_PAST_SEED)
     if inserted:
-        log.info("seeded products %s", [product.id for product in inserted])
+        log.info("seeded products %s", [product["id"] for product in inserted])
     return len(inserted)
 
 

@@ -7,11 +7,12 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 
 from common.events import GenerateReportJob
 from common.inputs import StorableText, storable_json
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+from common.sql import Statement
 from reportservice.tables import report_jobs
 
 router = APIRouter(tags=["reports"])
@@ -20,6 +21,16 @@ ReportType = Literal["daily", "weekly", "monthly", "quarterly", "annual"]
 JobStatusName = Literal["queued", "running", "completed", "failed"]
 
 MAX_PARAMETERS_BYTES = 4096
+
+QUEUE_JOB = Statement(
+    insert(report_jobs).values(
+        job_id=bindparam("job_id"),
+        report_type=bindparam("report_type"),
+        parameters=bindparam("parameters", type_=report_jobs.c.parameters.type),
+        status="queued",
+    )
+)
+READ_JOB = Statement(select(report_jobs).where(report_jobs.c.job_id == bindparam("job_id")))
 
 
 class ReportRequest(BaseModel):
@@ -84,9 +95,7 @@ async def generate_report(request: ReportRequest, runtime: RuntimeDep) -> Report
     job_id = f"job_{uuid.uuid4().hex}"
     async with runtime.outbox.transaction() as unit:
         await unit.connection.execute(
-            insert(report_jobs).values(
-                job_id=job_id, report_type=request.report_type, parameters=request.parameters, status="queued"
-            )
+            QUEUE_JOB, job_id=job_id, report_type=request.report_type, parameters=request.parameters
         )
         unit.publish(GenerateReportJob(job_id=job_id, report_type=request.report_type, parameters=request.parameters))
     return ReportAccepted(job_id=job_id, message="Report generation job queued. Processing in background.")
@@ -98,11 +107,9 @@ async def generate_report(request: ReportRequest, runtime: RuntimeDep) -> Report
     responses={404: {"model": ErrorResponse, "description": "No such job."}, **UNAVAILABLE_RESPONSE},
 )
 async def read_job(job_id: StorableText, runtime: RuntimeDep) -> JobStatus:
-    async with runtime.database.engine.connect() as connection:
-        row = (await connection.execute(select(report_jobs).where(report_jobs.c.job_id == job_id))).first()
-    if row is None:
+    job = await runtime.database.fetchrow(READ_JOB, job_id=job_id)
+    if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} not found")
-    job = row._mapping
     completed = job["status"] == "completed"
     return JobStatus(
         job_id=job["job_id"],

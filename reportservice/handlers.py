@@ -1,15 +1,12 @@
 import logging
 import time
 
-from sqlalchemy import func, update
-
 from common.consumer import MessageContext, Reject
 from common.database import is_dependency_failure
 from common.events import GenerateReportJob
-from reportservice.jobs import JobStore, fail_statement
+from reportservice.jobs import COMPLETE, FAIL, JobStore
 from reportservice.metrics import REPORT_JOB_DURATION, REPORT_JOBS, REPORT_QUEUE_WAIT
 from reportservice.settings import Settings
-from reportservice.tables import report_jobs
 from reportservice.work import ReportFailed, hash_for, seed_digest
 from reportservice.workers import ReportWorkers
 
@@ -40,24 +37,24 @@ async def generate_report(event: GenerateReportJob, ctx: MessageContext[Generate
         return
 
     picked_up = time.perf_counter()
-    if job.checkpoint_step == 0 and ctx.attempt == 1:
+    if job["checkpoint_step"] == 0 and ctx.attempt == 1:
         waited = max(0.0, time.time() - event.occurred_at.timestamp())
         REPORT_QUEUE_WAIT.labels(report_type=event.report_type).observe(waited)
     steps = settings.report_progress_steps
     cpu_per_step = settings.report_cpu_seconds / steps
-    digest = job.checkpoint_digest or seed_digest(event.job_id, event.report_type, event.parameters)
+    digest = job["checkpoint_digest"] or seed_digest(event.job_id, event.report_type, event.parameters)
     failure = event.parameters.get(SIMULATED_FAILURE_PARAMETER)
-    if job.checkpoint_step:
-        log.info("resuming report job %s at step %d of %d", event.job_id, job.checkpoint_step, steps)
+    if job["checkpoint_step"]:
+        log.info("resuming report job %s at step %d of %d", event.job_id, job["checkpoint_step"], steps)
     try:
-        for step in range(job.checkpoint_step + 1, steps + 1):
+        for step in range(job["checkpoint_step"] + 1, steps + 1):
             fail_now = str(failure) if failure is not None and step > steps // 2 else None
             started = time.perf_counter()
             digest = await workers.run(hash_for, digest, cpu_per_step, fail_now)
             await jobs.checkpoint(event.job_id, step, steps, digest, time.perf_counter() - started)
     except ReportFailed as exc:
         async with ctx.transaction() as unit:
-            await unit.connection.execute(fail_statement(event.job_id, str(exc)))
+            await unit.connection.execute(FAIL, job_id=event.job_id, reason=str(exc))
         _observe_finished(event.report_type, "failed", picked_up)
         log.warning("report job %s failed: %s", event.job_id, exc)
         return
@@ -67,17 +64,7 @@ async def generate_report(event: GenerateReportJob, ctx: MessageContext[Generate
         raise
 
     async with ctx.transaction() as unit:
-        await unit.connection.execute(
-            update(report_jobs)
-            .where(report_jobs.c.job_id == event.job_id, report_jobs.c.status == "running")
-            .values(
-                status="completed",
-                progress=100,
-                report_hash=digest.hex(),
-                finished_at=func.now(),
-                updated_at=func.now(),
-            )
-        )
+        await unit.connection.execute(COMPLETE, job_id=event.job_id, report_hash=digest.hex())
     _observe_finished(event.report_type, "completed", picked_up)
     log.info("report job %s completed", event.job_id)
 

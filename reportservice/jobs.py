@@ -2,10 +2,63 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Row, Update, func, select, update
+from asyncpg import Record
+from sqlalchemy import Float, LargeBinary, any_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import array
 
 from common.database import Database
+from common.sql import Statement
 from reportservice.tables import report_jobs
+
+_JOB = bindparam("job_id")
+_UNFINISHED = report_jobs.c.status == any_(array(("queued", "running")))
+
+PICK_UP = Statement(
+    update(report_jobs)
+    .where(report_jobs.c.job_id == _JOB, _UNFINISHED)
+    .values(
+        status="running",
+        attempts=report_jobs.c.attempts + 1,
+        worker=bindparam("worker"),
+        started_at=func.coalesce(report_jobs.c.started_at, func.now()),
+        updated_at=func.now(),
+    )
+    .returning(report_jobs)
+)
+EXISTS = Statement(select(report_jobs.c.job_id).where(report_jobs.c.job_id == _JOB))
+# Never moves a job backwards (a duplicate run may lag behind).
+CHECKPOINT = Statement(
+    update(report_jobs)
+    .where(
+        report_jobs.c.job_id == _JOB,
+        report_jobs.c.status == "running",
+        report_jobs.c.checkpoint_step < bindparam("step"),
+    )
+    .values(
+        checkpoint_step=bindparam("step"),
+        checkpoint_digest=bindparam("digest", type_=LargeBinary),
+        # 99 at most: 100 only with the result, so `progress == 100` always means completed.
+        progress=bindparam("progress"),
+        worked_seconds=report_jobs.c.worked_seconds + bindparam("worked_seconds", type_=Float),
+        updated_at=func.now(),
+    )
+)
+FAIL = Statement(
+    update(report_jobs)
+    .where(report_jobs.c.job_id == _JOB, _UNFINISHED)
+    .values(status="failed", reason=bindparam("reason"), finished_at=func.now(), updated_at=func.now())
+)
+COMPLETE = Statement(
+    update(report_jobs)
+    .where(report_jobs.c.job_id == _JOB, report_jobs.c.status == "running")
+    .values(
+        status="completed",
+        progress=100,
+        report_hash=bindparam("report_hash"),
+        finished_at=func.now(),
+        updated_at=func.now(),
+    )
+)
 
 
 class JobStore:
@@ -13,57 +66,23 @@ class JobStore:
         self._database = database
         self._worker = worker
 
-    async def pick_up(self, job_id: str) -> Row | None:
+    async def pick_up(self, job_id: str) -> Record | None:
         """Mark the job running (again, if its last worker died); None if it is finished or unknown."""
-        async with self._database.transaction() as connection:
-            return (
-                await connection.execute(
-                    update(report_jobs)
-                    .where(report_jobs.c.job_id == job_id, report_jobs.c.status.in_(("queued", "running")))
-                    .values(
-                        status="running",
-                        attempts=report_jobs.c.attempts + 1,
-                        worker=self._worker,
-                        started_at=func.coalesce(report_jobs.c.started_at, func.now()),
-                        updated_at=func.now(),
-                    )
-                    .returning(report_jobs)
-                )
-            ).first()
+        return await self._database.fetchrow(PICK_UP, job_id=job_id, worker=self._worker)
 
     async def exists(self, job_id: str) -> bool:
-        async with self._database.engine.connect() as connection:
-            found = await connection.scalar(select(report_jobs.c.job_id).where(report_jobs.c.job_id == job_id))
-        return found is not None
+        return await self._database.fetchval(EXISTS, job_id=job_id) is not None
 
     async def checkpoint(self, job_id: str, step: int, steps: int, digest: bytes, worked_seconds: float) -> None:
-        """Record a finished slice. Never moves a job backwards (a duplicate run may lag behind)."""
-        async with self._database.transaction() as connection:
-            await connection.execute(
-                update(report_jobs)
-                .where(
-                    report_jobs.c.job_id == job_id,
-                    report_jobs.c.status == "running",
-                    report_jobs.c.checkpoint_step < step,
-                )
-                .values(
-                    checkpoint_step=step,
-                    checkpoint_digest=digest,
-                    # 99 at most: 100 only with the result, so `progress == 100` always means completed.
-                    progress=min(99, step * 100 // steps),
-                    worked_seconds=report_jobs.c.worked_seconds + worked_seconds,
-                    updated_at=func.now(),
-                )
-            )
+        """Record a finished slice."""
+        await self._database.execute(
+            CHECKPOINT,
+            job_id=job_id,
+            step=step,
+            digest=digest,
+            progress=min(99, step * 100 // steps),
+            worked_seconds=worked_seconds,
+        )
 
     async def fail(self, job_id: str, reason: str) -> None:
-        async with self._database.transaction() as connection:
-            await connection.execute(fail_statement(job_id, reason))
-
-
-def fail_statement(job_id: str, reason: str) -> Update:
-    return (
-        update(report_jobs)
-        .where(report_jobs.c.job_id == job_id, report_jobs.c.status.in_(("queued", "running")))
-        .values(status="failed", reason=reason, finished_at=func.now(), updated_at=func.now())
-    )
+        await self._database.execute(FAIL, job_id=job_id, reason=reason)

@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import case, or_, select
+from sqlalchemy import bindparam, case, or_, select
 
 from common.inputs import PlainInt, trimmed_text
 from common.service import UNAVAILABLE_RESPONSE, RuntimeDep
+from common.sql import Statement
 from searchservice.tables import search_documents
 
 router = APIRouter(tags=["search"])
@@ -37,6 +38,26 @@ class SearchResults(BaseModel):
     results: list[SearchHit]
 
 
+_exact, _prefix, _anywhere = bindparam("exact"), bindparam("prefix"), bindparam("anywhere")
+_name_matches = search_documents.c.name.ilike(_anywhere, escape="\\")
+SEARCH = Statement(
+    select(search_documents)
+    .where(or_(_name_matches, search_documents.c.description.ilike(_anywhere, escape="\\")))
+    .order_by(
+        # Name matches rank first: the whole name, then its start, then anywhere in it.
+        case(
+            (search_documents.c.name.ilike(_exact, escape="\\"), 0),
+            (search_documents.c.name.ilike(_prefix, escape="\\"), 1),
+            (_name_matches, 2),
+            else_=3,
+        ),
+        search_documents.c.name,
+        search_documents.c.product_id,
+    )
+    .limit(bindparam("limit"))
+)
+
+
 def escape_like(text: str) -> str:
     """`text` as a LIKE pattern that matches it literally (`%`, `_` and `\\` included)."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -56,21 +77,8 @@ async def search(
     limit: PlainInt = Query(default=20, ge=1, le=MAX_RESULTS),
 ) -> SearchResults:
     literal = escape_like(q)
-    pattern = f"%{literal}%"
-    name_matches = search_documents.c.name.ilike(pattern, escape="\\")
-    rank = case(
-        (search_documents.c.name.ilike(literal, escape="\\"), 0),
-        (search_documents.c.name.ilike(f"{literal}%", escape="\\"), 1),
-        (name_matches, 2),
-        else_=3,
+    rows = await runtime.database.fetch(
+        SEARCH, exact=literal, prefix=f"{literal}%", anywhere=f"%{literal}%", limit=limit
     )
-    query = (
-        select(search_documents)
-        .where(or_(name_matches, search_documents.c.description.ilike(pattern, escape="\\")))
-        .order_by(rank, search_documents.c.name, search_documents.c.product_id)
-        .limit(limit)
-    )
-    async with runtime.database.engine.connect() as connection:
-        rows = (await connection.execute(query)).all()
-    hits = [SearchHit.model_validate(row._mapping) for row in rows]
+    hits = [SearchHit.model_validate(dict(row)) for row in rows]
     return SearchResults(query=q, count=len(hits), results=hits)

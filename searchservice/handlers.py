@@ -2,11 +2,16 @@ import logging
 
 from common import metrics
 from common.consumer import MessageContext
-from common.database import upsert_if_newer
+from common.database import versioned_upsert
 from common.events import ProductUpdated
 from searchservice.tables import search_documents
 
 log = logging.getLogger(__name__)
+
+_COLUMNS = ("product_id", "name", "description", "price", "stock", "product_version", "updated_at")
+UPSERT = versioned_upsert(
+    search_documents, _COLUMNS, key="product_id", version="product_version", touched_at="indexed_at"
+)
 
 
 async def reindex_product(event: ProductUpdated, ctx: MessageContext[ProductUpdated]) -> None:
@@ -22,14 +27,7 @@ async def reindex_product(event: ProductUpdated, ctx: MessageContext[ProductUpda
         "updated_at": event.updated_at,
     }
     async with ctx.transaction() as unit:
-        indexed = await upsert_if_newer(
-            unit.connection,
-            search_documents,
-            document,
-            key="product_id",
-            version="product_version",
-            touched_at="indexed_at",
-        )
-    if not indexed:
+        indexed = await unit.connection.fetchval(UPSERT, **document)
+    if indexed is None:
         metrics.STALE_EVENTS_IGNORED.labels(queue=ctx.queue.name).inc()
         log.info("ignored version %d of product %d: a newer one is indexed", event.product_version, event.product_id)

@@ -2,15 +2,24 @@ from datetime import datetime
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert
 
 from common.events import UserRegistered
 from common.inputs import DatabaseId
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+from common.sql import Statement
 from userservice.tables import users
 
 router = APIRouter(tags=["users"])
+
+REGISTER = Statement(
+    insert(users)
+    .values(email=bindparam("email"))
+    .on_conflict_do_nothing(index_elements=["email"])
+    .returning(users.c.id)
+)
+READ_USER = Statement(select(users).where(users.c.id == bindparam("user_id")))
 
 
 class RegisterRequest(BaseModel):
@@ -48,9 +57,7 @@ class User(BaseModel):
 async def register(request: RegisterRequest, runtime: RuntimeDep) -> RegisterResponse:
     email = request.email.lower()
     async with runtime.outbox.transaction() as unit:
-        user_id = await unit.connection.scalar(
-            insert(users).values(email=email).on_conflict_do_nothing(index_elements=["email"]).returning(users.c.id)
-        )
+        user_id = await unit.connection.fetchval(REGISTER, email=email)
         if user_id is None:
             raise HTTPException(status.HTTP_409_CONFLICT, detail=f"{email} is already registered")
         unit.publish(UserRegistered(user_id=user_id, email=email))
@@ -68,8 +75,7 @@ async def register(request: RegisterRequest, runtime: RuntimeDep) -> RegisterRes
     responses={404: {"model": ErrorResponse, "description": "No such user."}, **UNAVAILABLE_RESPONSE},
 )
 async def read_user(user_id: DatabaseId, runtime: RuntimeDep) -> User:
-    async with runtime.database.engine.connect() as connection:
-        row = (await connection.execute(select(users).where(users.c.id == user_id))).first()
+    row = await runtime.database.fetchrow(READ_USER, user_id=user_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"user {user_id} not found")
-    return User.model_validate(row._mapping)
+    return User.model_validate(dict(row))

@@ -23,7 +23,6 @@ FAST_FLEET_ENVIRONMENT = {
     "SAGA_PAYMENT_DELAY_S": "0.2",
     "REPORT_CPU_SECONDS": "0.5",
     "RETRY_BASE_DELAY_S": "0.1",
-    "OUTBOX_RELAY_GRACE_S": "1",
     # Every request and handled message is logged with its correlation id (test-artifacts/<run>/).
     "LOG_LEVEL": "DEBUG",
 }

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal
 
 import pytest
-from sqlalchemy import Column, MetaData, Table, Text, func, select
+from sqlalchemy import Column, MetaData, Table, Text, bindparam, func, select
 from sqlalchemy.dialects.postgresql import UUID
 
 from common.broker import Broker, encode_event
@@ -16,6 +16,7 @@ from common.events import Event
 from common.outbox import Outbox
 from common.runtime import Runtime
 from common.settings import ServiceSettings
+from common.sql import Statement
 from common.topology import DEFAULT_EXCHANGE, ConsumedQueue, declare_queue
 from tests.support.infra import Infra
 
@@ -36,6 +37,8 @@ PINGS = Table(
     Column("event_id", UUID(as_uuid=False), nullable=False),
     Column("note", Text, nullable=False),
 )
+INSERT_PING = Statement(PINGS.insert().values(event_id=bindparam("event_id"), note=bindparam("note")))
+COUNT_PINGS = Statement(select(func.count()).select_from(PINGS).where(PINGS.c.event_id == bindparam("event_id")))
 
 
 def core_settings(infra: Infra, **overrides: object) -> ServiceSettings:
@@ -47,7 +50,8 @@ def core_settings(infra: Infra, **overrides: object) -> ServiceSettings:
         "retry_backoff_factor": 2.0,
         "max_delivery_attempts": 3,
         "dependency_retry_delay_s": 0.2,
-        "outbox_relay_grace_s": 0.2,
+        "publish_timeout_s": 1.0,
+        "outbox_dispatch_claim_s": 2.5,
         "shutdown_grace_s": 5.0,
         "prefetch_count": 10,
     }
@@ -64,6 +68,7 @@ def settings(infra: Infra) -> ServiceSettings:
 async def database(settings: ServiceSettings) -> AsyncIterator[Database]:
     db = Database(settings, METADATA)
     await db.create_tables()
+    await db.open()
     yield db
     await db.dispose()
 
@@ -105,7 +110,4 @@ def publish_ping(broker: Broker, test_queue: ConsumedQueue) -> PublishPing:
 
 
 async def ping_rows(database: Database, event_id: uuid.UUID) -> int:
-    async with database.engine.connect() as connection:
-        return int(
-            await connection.scalar(select(func.count()).select_from(PINGS).where(PINGS.c.event_id == str(event_id)))
-        )
+    return int(await database.fetchval(COUNT_PINGS, event_id=str(event_id)))

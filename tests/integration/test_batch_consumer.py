@@ -11,7 +11,7 @@ import pytest
 from common.consumer import DEAD_LETTER_REASON_HEADER, BatchConsumer, BatchContext, Batched, withdraw
 from common.runtime import Runtime
 from common.topology import ConsumedQueue
-from tests.integration.conftest import PINGS, Ping, PublishPing, ping_rows
+from tests.integration.conftest import INSERT_PING, Ping, PublishPing, ping_rows
 from tests.support.rabbitmq import Management
 from tests.support.waiting import eventually, stays
 
@@ -34,10 +34,12 @@ async def start_batches(runtime: Runtime, test_queue: ConsumedQueue) -> AsyncIte
 
 
 class Recorder:
-    """A batch handler that records every event it applies, and the size of every batch."""
+    """A batch handler that records every batch it is called with, and every batch whose transaction
+    body ran (the ones it applied)."""
 
     def __init__(self, fail_on: str | None = None) -> None:
         self.batches: list[list[str]] = []
+        self.applied: list[list[str]] = []
         self._fail_on = fail_on
 
     async def __call__(self, events: Sequence[Ping], ctx: BatchContext[Ping]) -> None:
@@ -45,15 +47,16 @@ class Recorder:
         if self._fail_on is not None and any(event.note == self._fail_on for event in events):
             raise RuntimeError(f"cannot handle {self._fail_on!r}")
         async with ctx.transaction() as unit:
-            await unit.connection.execute(
-                PINGS.insert(), [{"event_id": str(event.event_id), "note": event.note} for event in events]
+            self.applied.append([event.note for event in events])
+            await unit.connection.executemany(
+                INSERT_PING, [{"event_id": str(event.event_id), "note": event.note} for event in events]
             )
 
 
 async def record_pings(events: Sequence[Ping], ctx: BatchContext[Ping]) -> None:
     async with ctx.transaction() as unit:
-        await unit.connection.execute(
-            PINGS.insert(), [{"event_id": str(event.event_id), "note": event.note} for event in events]
+        await unit.connection.executemany(
+            INSERT_PING, [{"event_id": str(event.event_id), "note": event.note} for event in events]
         )
 
 
@@ -107,7 +110,7 @@ async def test_duplicates_in_and_across_batches_are_applied_once(
 
     await eventually(queue_drained, message="duplicates left in the queue")
     await stays(lambda: all_recorded_once(runtime, [twice, *others]), duration=1.0, message="a duplicate was applied")
-    assert sum(batch.count("twice") for batch in recorder.batches) == 1, recorder.batches
+    assert sum(batch.count("twice") for batch in recorder.applied) == 1, recorder.applied
 
 
 async def test_two_replicas_with_duplicates_apply_each_event_once(
@@ -195,7 +198,7 @@ async def test_a_withdrawn_event_is_dropped_if_it_arrives(
     # A publisher that lost the confirm answers "not recorded" and withdraws the event; had the broker
     # queued it after all, the consumer must drop that copy.
     withdrawn, kept = Ping(note="withdrawn"), Ping(note="kept")
-    await withdraw(runtime.database, test_queue, [withdrawn])
+    assert await withdraw(runtime.database, test_queue, withdrawn), "nothing had processed it yet"
     await publish_ping(event=withdrawn)
     await publish_ping(event=kept)
     recorder = Recorder()
@@ -208,4 +211,17 @@ async def test_a_withdrawn_event_is_dropped_if_it_arrives(
 
     await eventually(queue_drained, message="the withdrawn event was left in the queue")
     assert await ping_rows(runtime.database, withdrawn.event_id) == 0
-    assert "withdrawn" not in [note for batch in recorder.batches for note in batch]
+    assert "withdrawn" not in [note for batch in recorder.applied for note in batch]
+
+
+async def test_an_event_counted_before_its_publisher_gave_up_on_the_confirm_cannot_be_withdrawn(
+    start_batches, publish_ping: PublishPing, runtime: Runtime, test_queue: ConsumedQueue
+) -> None:
+    # The other order: the broker routed the event and the consumer applied it before the publisher's
+    # connection dropped. Withdrawing says so, and the publisher answers that it was recorded.
+    applied = Ping(note="applied first")
+    await start_batches(Recorder())
+    await publish_ping(event=applied)
+    await eventually(lambda: ping_rows(runtime.database, applied.event_id), message="not applied")
+    assert not await withdraw(runtime.database, test_queue, applied)
+    assert await ping_rows(runtime.database, applied.event_id) == 1

@@ -7,14 +7,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import aio_pika
+import asyncpg
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 
 from common.consumer import DEAD_LETTER_REASON_HEADER, CheckProcessedFirst, Consumer, MessageContext, Reject
 from common.database import processed_events_table
 from common.runtime import Runtime
+from common.sql import Statement
 from common.topology import ConsumedQueue
-from tests.integration.conftest import PINGS, Ping, PublishPing, ping_rows
+from tests.integration.conftest import INSERT_PING, Ping, PublishPing, ping_rows
 from tests.support.rabbitmq import Management
 from tests.support.waiting import eventually, stays
 
@@ -38,7 +40,7 @@ async def start_consumer(runtime: Runtime, test_queue: ConsumedQueue) -> AsyncIt
 
 async def record_ping(event: Ping, ctx: MessageContext[Ping]) -> None:
     async with ctx.transaction() as unit:
-        await unit.connection.execute(PINGS.insert().values(event_id=str(event.event_id), note=event.note))
+        await unit.connection.execute(INSERT_PING, event_id=str(event.event_id), note=event.note)
 
 
 async def dead_letters(management: Management, queue: ConsumedQueue) -> list[dict]:
@@ -229,7 +231,7 @@ async def test_other_handlers_meet_a_known_duplicate_in_their_transaction_which_
         calls.append(event.note)
         async with ctx.transaction() as unit:
             bodies_run.append(event.note)
-            await unit.connection.execute(PINGS.insert().values(event_id=str(event.event_id), note=event.note))
+            await unit.connection.execute(INSERT_PING, event_id=str(event.event_id), note=event.note)
 
     await start_consumer(record)
     ping = Ping(note="recorded once")
@@ -297,7 +299,7 @@ async def test_database_outage_defers_without_using_attempts(
         nonlocal failures
         if failures < 5:  # more failures than max_delivery_attempts
             failures += 1
-            raise ConnectionRefusedError("database is restarting")
+            raise asyncpg.exceptions.CannotConnectNowError("the database system is starting up")
         await record_ping(event, ctx)
 
     await start_consumer(database_down_for_a_while)
@@ -336,7 +338,7 @@ async def test_a_handler_outliving_the_grace_period_is_cut_off_and_its_message_r
     assert [message["properties"]["message_id"] for message in await management.peek(test_queue.name)] == [
         str(ping.event_id)
     ]
-    assert await management.peek(test_queue.retry_queue) == []
+    assert await management.peek(test_queue.retry_queue(runtime.settings.retry_base_delay_s)) == []
 
 
 async def test_idempotency_records_are_pruned_after_the_retention_period(
@@ -347,16 +349,17 @@ async def test_idempotency_records_are_pruned_after_the_retention_period(
     await eventually(lambda: ping_rows(runtime.database, recent.event_id))
     await eventually(lambda: ping_rows(runtime.database, old.event_id))
     processed = processed_events_table(runtime.database.metadata)
-    async with runtime.database.transaction() as connection:
-        await connection.execute(
+    await runtime.database.execute(
+        Statement(
             processed.update()
-            .where(processed.c.event_id == str(old.event_id))
+            .where(processed.c.event_id == bindparam("event_id"))
             .values(processed_at=func.now() - text("interval '8 days'"))
-        )
+        ),
+        event_id=str(old.event_id),
+    )
 
     assert await runtime.database.prune_processed_events(older_than_s=7 * 24 * 3600) == 1
 
-    async with runtime.database.engine.connect() as connection:
-        left = set((await connection.execute(select(processed.c.event_id))).scalars())
+    left = {row[0] for row in await runtime.database.fetch(Statement(select(processed.c.event_id)))}
     assert str(old.event_id) not in left
     assert str(recent.event_id) in left

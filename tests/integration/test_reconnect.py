@@ -11,7 +11,7 @@ from common.consumer import Consumer, MessageContext
 from common.runtime import Runtime
 from common.settings import ServiceSettings
 from common.topology import ConsumedQueue
-from tests.integration.conftest import PINGS, Ping, PublishPing, ping_rows
+from tests.integration.conftest import INSERT_PING, Ping, PublishPing, ping_rows
 from tests.support.rabbitmq import Management
 from tests.support.waiting import eventually
 
@@ -34,7 +34,7 @@ async def test_consumer_resumes_after_its_connection_is_closed_by_force(
 
     async def record(event: Ping, ctx: MessageContext[Ping]) -> None:
         async with ctx.transaction() as unit:
-            await unit.connection.execute(PINGS.insert().values(event_id=str(event.event_id), note=event.note))
+            await unit.connection.execute(INSERT_PING, event_id=str(event.event_id), note=event.note)
 
     consumer = Consumer(test_queue, record, consumer_runtime)
     await consumer.start()

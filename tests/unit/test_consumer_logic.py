@@ -12,6 +12,7 @@ from common.consumer import (
     handled_batch_event_type,
     handled_event_type,
     retry_delay_s,
+    retry_delays_s,
 )
 from common.events import OrderCreated, UserRegistered
 from common.settings import ServiceSettings
@@ -21,6 +22,16 @@ def test_retry_delay_grows_and_is_capped() -> None:
     settings = ServiceSettings(retry_base_delay_s=0.5, retry_backoff_factor=4, retry_max_delay_s=10)
     delays = [retry_delay_s(settings, attempt) for attempt in range(1, 6)]
     assert delays == [0.5, 2.0, 8.0, 10.0, 10.0]
+
+
+def test_a_consumer_declares_one_retry_queue_per_delay_it_can_ask_for() -> None:
+    settings = ServiceSettings(
+        retry_base_delay_s=0.5, retry_backoff_factor=4, retry_max_delay_s=10, max_delivery_attempts=5
+    )
+    assert retry_delays_s(settings) == {0.5, 2.0, 8.0, 10.0, settings.dependency_retry_delay_s}
+    assert retry_delays_s(settings.model_copy(update={"max_delivery_attempts": 1})) == {
+        settings.dependency_retry_delay_s
+    }
 
 
 async def handle_registration(event: UserRegistered, ctx: MessageContext[UserRegistered]) -> None:
