@@ -333,6 +333,7 @@ class _QueueConsumer:
         self._stopping = False
         # Metrics label forwarded copies with the queue's own event type, never with what a publisher wrote.
         self._event_type = queue.event.type_name()
+        _idempotency(runtime.database)  # compiled now, so the pool prepares it before the first delivery
 
     async def start(self) -> None:
         metrics.initialise_consumer_series(self.queue.name)

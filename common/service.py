@@ -218,6 +218,7 @@ def create_service(
                 else Consumer(queue, subscription, runtime, prefetch_count=(prefetch_overrides or {}).get(queue))
                 for queue, subscription in subscriptions.items()
             ]
+            await database.warm_up()
             for consumer in consumers:
                 await consumer.start()
 

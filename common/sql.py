@@ -31,6 +31,8 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.sql import ClauseElement
 
 _DIALECT = asyncpg_dialect()
+# Every statement compiled in this process, so a new connection can prepare them before it serves.
+_COMPILED: list[Statement] = []
 
 
 class Statement:
@@ -50,6 +52,7 @@ class Statement:
         binds = compiled.binds
         self._required = frozenset(name for name in self._names if binds[name].required)
         self._constants = {name: value for name, value in compiled.params.items() if name not in self._required}
+        _COMPILED.append(self)
 
     def arguments(self, values: Mapping[str, Any]) -> list[Any]:
         """The positional arguments for `values`, constants filled in."""
@@ -62,6 +65,10 @@ class Statement:
 
     def __repr__(self) -> str:
         return f"Statement({self.sql!r})"
+
+
+def compiled_statements() -> tuple[Statement, ...]:
+    return tuple(_COMPILED)
 
 
 class Connection:
