@@ -6,9 +6,11 @@ import asyncio
 import os
 import signal
 import statistics
+import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -239,6 +241,49 @@ async def test_the_service_answers_promptly_while_reports_run(
     # turn, which multiplies this service's answers (measured: median 3-5x, P90 20-40 ms) and no other's.
     assert statistics.median(busy) < 1.5 * statistics.median(control) + 0.003, "median stretched by the reports"
     assert p90(busy) < 1.5 * p90(control) + 0.006, "P90 stretched by the reports"
+    for job_id in job_ids:
+        assert (await eventually(lambda job_id=job_id: finished(http, url, job_id), timeout=60))[
+            "status"
+        ] == "completed"
+
+
+def autogroup_niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="Linux with autogroup scheduling")
+async def test_report_workers_hash_only_on_cpu_nothing_else_wants(
+    slow_reports: None, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    url = fleet.url("reportservice")
+    workers = fleet.worker_processes("reportservice")
+    for pid in workers:
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        assert os.getsid(pid) != os.getsid(fleet.pid("reportservice")), "a session (autogroup) of its own"
+        assert autogroup_niceness(pid) == 19
+
+    job_ids = [await submit(http, url, "monthly") for _ in workers]  # every worker hashing
+    for job_id in job_ids:
+        await eventually(lambda job_id=job_id: running(http, url, job_id, min_progress=5), timeout=30)
+    # As many busy loops as cores, each in a session of its own as honcho starts a service: at a plain
+    # `nice` the workers would weigh as much as each of them.
+    burn = "import time\nend = time.monotonic() + 2\nwhile time.monotonic() < end: pass\nprint(time.process_time())"
+    before = {pid: cpu_seconds(pid) for pid in workers}
+    competitors = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", burn, start_new_session=True, stdout=asyncio.subprocess.PIPE
+        )
+        for _ in range(os.cpu_count() or 2)
+    ]
+    competitor_cpu = sum([float((await competitor.communicate())[0]) for competitor in competitors])
+    worker_cpu = sum(cpu_seconds(pid) - before[pid] for pid in workers)
+    print(f"\nCPU over 2 s of busy loops: the loops {competitor_cpu:.2f} s, the report workers {worker_cpu:.2f} s")
+    assert worker_cpu < 0.15 * competitor_cpu, "report hashing took CPU that other processes wanted"
     for job_id in job_ids:
         assert (await eventually(lambda job_id=job_id: finished(http, url, job_id), timeout=60))[
             "status"
