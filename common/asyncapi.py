@@ -13,7 +13,17 @@ from __future__ import annotations
 from typing import Any
 
 from common.events import Event
-from common.topology import DELIVERY_LIMIT, QUEUES, ROUTES, ConsumedQueue, Exchange, ExchangeKind, Route
+from common.topology import (
+    DELIVERY_LIMIT,
+    QUEUES,
+    ROUTES,
+    ConsumedQueue,
+    Exchange,
+    ExchangeKind,
+    Route,
+    queues_reached,
+    routes_of,
+)
 
 ASYNCAPI_VERSION = "3.0.0"
 
@@ -94,9 +104,7 @@ def asyncapi_document(service: str | None = None) -> dict[str, Any]:
     queues = [queue for queue in QUEUES if service is None or queue.consumer == service]
     if service is not None:
         # A service publishing to an exchange: show which queues that exchange feeds.
-        fed = {route.exchange for route in routes if not route.exchange.is_default}
-        direct = {route.routing_key for route in routes if route.exchange.is_default}
-        queues += [q for q in QUEUES if (q.exchange in fed or q.name in direct) and q not in queues]
+        queues += [q for route in routes for q in queues_reached(route) if q not in queues]
 
     channels: dict[str, Any] = {}
     for queue in queues:
@@ -114,9 +122,13 @@ def asyncapi_document(service: str | None = None) -> dict[str, Any]:
         for publisher in route.publishers:
             if service is not None and publisher != service:
                 continue
-            operations[f"{publisher}.send.{route.event.type_name()}"] = {
+            operation = f"{publisher}.send.{route.event.type_name()}"
+            if len(routes_of(route.event)) > 1:
+                operation += f".{_publish_channel_id(route)}"
+            when = f" ({route.condition})" if route.condition else ""
+            operations[operation] = {
                 "action": "send",
-                "title": f"{publisher} publishes {route.event.type_name()}",
+                "title": f"{publisher} publishes {route.event.type_name()}{when}",
                 "channel": {"$ref": f"#/channels/{_publish_channel_id(route)}"},
                 "messages": [{"$ref": f"#/channels/{_publish_channel_id(route)}/messages/{route.event.type_name()}"}],
                 "x-publisher": publisher,
@@ -187,7 +199,8 @@ def mermaid_flowchart() -> str:
     for route in ROUTES:
         for publisher in route.publishers:
             target = f"q_{_node(route.routing_key)}" if route.exchange.is_default else f"x_{_node(route.exchange.name)}"
-            lines.append(f"    {_node(publisher)} -- {route.event.type_name()} --> {target}")
+            label = f"{route.event.type_name()}<br/>{route.condition}" if route.condition else route.event.type_name()
+            lines.append(f"    {_node(publisher)} -- {label} --> {target}")
     for queue in QUEUES:
         if queue.exchange.kind is ExchangeKind.FANOUT:
             lines.append(f"    x_{_node(queue.exchange.name)} --> q_{_node(queue.name)}")
@@ -199,12 +212,8 @@ def markdown_table() -> str:
     """One row per route: event, publishers, exchange, and the queues (with consumers) it reaches."""
     rows = ["| Event | Published by | Exchange | Queue -> consumer |", "|---|---|---|---|"]
     for route in ROUTES:
-        if route.exchange.is_default:
-            exchange = "default"
-            targets = [q for q in QUEUES if q.exchange.is_default and q.name == route.routing_key]
-        else:
-            exchange = f"`{route.exchange.name}` ({route.exchange.kind.value})"
-            targets = [q for q in QUEUES if q.exchange == route.exchange]
-        reached = "<br>".join(f"`{q.name}` -> {q.consumer}" for q in targets)
-        rows.append(f"| `{route.event.type_name()}` | {', '.join(route.publishers)} | {exchange} | {reached} |")
+        exchange = "default" if route.exchange.is_default else f"`{route.exchange.name}` ({route.exchange.kind.value})"
+        reached = "<br>".join(f"`{q.name}` -> {q.consumer}" for q in queues_reached(route))
+        event = f"`{route.event.type_name()}`" + (f" ({route.condition})" if route.condition else "")
+        rows.append(f"| {event} | {', '.join(route.publishers)} | {exchange} | {reached} |")
     return "\n".join(rows) + "\n"

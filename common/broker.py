@@ -143,7 +143,7 @@ class Broker:
 
     async def publish(self, event: Event, *, headers: dict[str, Any] | None = None) -> None:
         """Publish `event` where the topology routes its type; return once the broker confirmed it."""
-        route = route_for_publisher(type(event), self._settings.service_name)
+        route = route_for_publisher(event, self._settings.service_name)
         message = encode_event(event, app_id=self._settings.service_name, headers=headers)
         await self.publish_message(message, exchange=route.exchange.name, routing_key=route.routing_key)
 

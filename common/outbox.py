@@ -159,7 +159,7 @@ class UnitOfWork:
 
     def publish(self, event: Event) -> None:
         """Publish `event` once this transaction commits (and never if it rolls back)."""
-        route_for_publisher(type(event), self._outbox.publisher)  # fail inside the transaction, not later
+        route_for_publisher(event, self._outbox.publisher)  # fail inside the transaction, not later
         self._events.append(event)
 
     async def _write_outbox(self) -> list[OutboxRow]:
@@ -200,7 +200,7 @@ class Outbox:
 
     async def write(self, connection: Connection, events: Sequence[Event]) -> list[OutboxRow]:
         """Insert `events` into the outbox inside the caller's transaction; return the rows written."""
-        routes = [route_for_publisher(type(event), self.publisher) for event in events]
+        routes = [route_for_publisher(event, self.publisher) for event in events]
         claim = self._dispatching and self._pending.qsize() + len(events) <= self._pending.maxsize
         claim_s = self._settings.outbox_dispatch_claim_s if claim else 0.0
         # The database starts the claim at the insert, after this instant: a deadline from here is a safe one.

@@ -196,7 +196,7 @@ async def reserve_stock(event: OrderCreated, ctx: MessageContext[OrderCreated]) 
 
 async def sell_reserved_stock(event: PaymentCompleted, ctx: MessageContext[PaymentCompleted]) -> None:
     if event.order_id is None:
-        return  # a Scenario 2 payment: no order, no stock
+        return  # the topology routes only saga payments here; one without an order (sent by hand) sells nothing
     async with ctx.transaction() as unit:
         sold = await unit.connection.fetchrow(SELL, order_id=event.order_id)
         if sold is None:

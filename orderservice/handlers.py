@@ -56,7 +56,7 @@ def step_row(order_id: int, step: str, event: Event, detail: str) -> dict[str, o
         "step": step,
         "event_type": event.event_type,
         "event_id": str(event.event_id),
-        "service": route_for(type(event)).publishers[0],
+        "service": route_for(event).publishers[0],
         "detail": detail,
         "occurred_at": event.occurred_at,
     }
@@ -129,7 +129,7 @@ async def on_stock_reservation_failed(
 
 async def on_payment_completed(event: PaymentCompleted, ctx: MessageContext[PaymentCompleted]) -> None:
     if event.order_id is None:
-        return  # a Scenario 2 payment: no order to complete
+        return  # the topology routes only saga payments here; one without an order has none to complete
     await _apply(
         ctx,
         order_id=event.order_id,

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.support.fleet import Fleet
+from tests.support.rabbitmq import Management
 from tests.support.waiting import eventually, stays
 
 pytestmark = pytest.mark.e2e
@@ -55,6 +56,20 @@ async def test_design_doc_example_is_accepted_then_completed_and_audited(fleet: 
         lambda: _audited(http, url, accepted["payment_id"]), message="PaymentCompleted was not audited"
     )
     assert audited["audited_at"] >= audited["settled_at"]
+
+
+async def test_a_payment_outside_the_saga_reaches_the_audit_trail_alone(
+    fleet: Fleet, http: httpx.AsyncClient, management: Management
+) -> None:
+    # A queue of the test's own on the saga's fanout sees what the saga's participants would be sent.
+    await management.tap("payment_completed", "test_payment_completed_tap")
+    try:
+        url = fleet.url("paymentservice")
+        accepted = await pay(http, url, amount=12.5, currency="USD")
+        await eventually(lambda: _audited(http, url, accepted["payment_id"]), message="not audited")
+        assert await management.peek("test_payment_completed_tap") == [], "sent to the saga's queues too"
+    finally:
+        await management.delete_queue("test_payment_completed_tap")
 
 
 async def _audited(http: httpx.AsyncClient, url: str, payment_id: str) -> dict[str, Any] | None:

@@ -15,6 +15,6 @@ class Impersonator:
         self._broker = broker
 
     async def publish(self, event: Event) -> None:
-        route = route_for(type(event))
+        route = route_for(event)
         message = encode_event(event, app_id="e2e-impersonator")
         await self._broker.publish_message(message, exchange=route.exchange.name, routing_key=route.routing_key)

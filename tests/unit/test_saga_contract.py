@@ -6,6 +6,7 @@ import json
 
 from common import topology
 from common.events import (
+    Event,
     OrderCancelled,
     PaymentCompleted,
     PaymentFailed,
@@ -17,42 +18,53 @@ from common.events import (
 )
 
 
-def consumers_of(event: type) -> set[tuple[str, str]]:
-    route = topology.route_for(event)
-    if route.exchange.is_default:
-        queues = [queue for queue in topology.QUEUES if queue.exchange.is_default and queue.name == route.routing_key]
-    else:
-        queues = [queue for queue in topology.QUEUES if queue.exchange == route.exchange]
-    return {(queue.consumer, queue.name) for queue in queues}
+def consumers_of(event: Event) -> set[tuple[str, str]]:
+    return {(queue.consumer, queue.name) for queue in topology.queues_reached(topology.route_for(event))}
+
+
+ORDER = {"order_id": 7, "product_id": 3, "quantity": 2}
+SAGA_PAYMENT = PaymentCompleted(payment_id="pay_1", transaction_id="txn_1", amount="20.00", currency="USD", **ORDER)
 
 
 def test_each_saga_fact_reaches_every_participant_that_acts_on_it() -> None:
-    assert consumers_of(StockReserved) == {
+    assert consumers_of(StockReserved(**ORDER)) == {
         ("paymentservice", "stock_reserved_queue"),
         ("orderservice", "order_stock_reserved_queue"),
     }
-    assert consumers_of(PaymentCompleted) == {
+    assert consumers_of(SAGA_PAYMENT) == {
         ("paymentservice", "payment_completed_queue"),
         ("inventoryservice", "inventory_payment_completed_queue"),
         ("orderservice", "order_payment_completed_queue"),
     }
-    assert consumers_of(PaymentFailed) == {
+    assert consumers_of(PaymentFailed(payment_id="pay_1", reason="payment_declined", **ORDER)) == {
         ("inventoryservice", "inventory_payment_failed_queue"),
         ("orderservice", "order_payment_failed_queue"),
     }
-    assert consumers_of(OrderCancelled) == {
+    assert consumers_of(OrderCancelled(reason="timeout", **ORDER)) == {
         ("inventoryservice", "inventory_order_cancelled_queue"),
         ("paymentservice", "payment_order_cancelled_queue"),
     }
-    assert consumers_of(StockReservationFailed) == {("orderservice", "order_stock_reservation_failed_queue")}
-    assert consumers_of(StockReleased) == {("orderservice", "order_stock_released_queue")}
-    assert consumers_of(PaymentRefunded) == {("orderservice", "order_payment_refunded_queue")}
+    assert consumers_of(StockReservationFailed(reason="insufficient_stock", **ORDER)) == {
+        ("orderservice", "order_stock_reservation_failed_queue")
+    }
+    assert consumers_of(StockReleased(reason="timeout", **ORDER)) == {("orderservice", "order_stock_released_queue")}
+    refund = PaymentRefunded(
+        payment_id="pay_1", refund_id="ref_1", amount="20.00", currency="USD", reason="timeout", **ORDER
+    )
+    assert consumers_of(refund) == {("orderservice", "order_payment_refunded_queue")}
+
+
+def test_a_payment_outside_the_saga_reaches_the_audit_trail_alone() -> None:
+    standalone = SAGA_PAYMENT.model_copy(update={"order_id": None, "product_id": None, "quantity": None})
+    route = topology.route_for(standalone)
+    assert (route.exchange.name, route.routing_key) == ("", "payment_completed_queue"), "as the design document has it"
+    assert consumers_of(standalone) == {("paymentservice", "payment_completed_queue")}
 
 
 def test_the_design_documents_saga_queues_are_kept() -> None:
     assert topology.ORDER_CREATED.name == "order_created_queue"
     assert topology.STOCK_RESERVED.name == "stock_reserved_queue"
-    assert topology.route_for(PaymentFailed).exchange.name == "payment_failed"
+    assert {route.exchange.name for route in topology.routes_of(PaymentFailed)} == {"payment_failed"}
 
 
 def test_compensation_events_carry_what_compensation_needs() -> None:
