@@ -3,20 +3,26 @@
 The truth is read from each service's own tables (one schema per service) and from the broker's
 management API: every accepted request must have its effect exactly once, every request whose
 answer was lost may have it at most once, every refused request must have none, every order must
-be terminal with money and stock adding up, and every queue and outbox must drain.
+be terminal with money and stock adding up, and every queue and outbox must drain. An order may end
+in a saga timeout only if a participant was down for longer than SAGA_TIMEOUT_S while it lived (the
+fleet records every stop and start): any other timeout means a saga message was lost.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
+from orderservice.settings import Settings as OrderSettings
 from tests.faults.load import ORDER_STOCK, Attempt, Ledger, Phase
+from tests.support.fleet import Fleet, Outage
 from tests.support.infra import Infra
 from tests.support.rabbitmq import Management
 
@@ -32,6 +38,9 @@ SERVICE_SCHEMAS = (
     "orderservice",
     "inventoryservice",
 )
+# The saga's participants: an order can only wait for them (the order service's own outage delays its
+# timeout watch, it does not make an order miss its steps).
+SAGA_PARTICIPANTS = ("paymentservice", "inventoryservice")
 
 
 @dataclass
@@ -64,13 +73,50 @@ def asyncpg_dsn(infra: Infra) -> str:
     return infra.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
-async def reconcile(infra: Infra, management: Management, phase: Phase, ledger: Ledger) -> Findings:
+@dataclass(frozen=True)
+class SagaTimeouts:
+    """What makes a saga timeout legitimate: the order service's SAGA_TIMEOUT_S, and every outage of
+    a service during the run."""
+
+    saga_timeout_s: float
+    outages: Sequence[Outage] = ()
+
+    @classmethod
+    def of(cls, fleet: Fleet) -> SagaTimeouts:
+        configured = fleet.environment("orderservice").get("SAGA_TIMEOUT_S")
+        default = OrderSettings.model_fields["saga_timeout_s"].default
+        return cls(float(configured) if configured else float(default), tuple(fleet.outages))
+
+    def down_s(self, service: str, start: datetime, end: datetime) -> float:
+        """How long `service` was down between `start` and `end` (overlapping outages counted once)."""
+        now = datetime.now(UTC)
+        spans = sorted(
+            (max(outage.down_at, start), min(outage.up_at or now, end))
+            for outage in self.outages
+            if outage.service == service
+        )
+        total, covered_until = 0.0, start
+        for down, up in spans:
+            down = max(down, covered_until)
+            if up > down:
+                total += (up - down).total_seconds()
+                covered_until = up
+        return total
+
+    def explains(self, created_at: datetime, ended_at: datetime) -> bool:
+        """Whether a participant was down for longer than SAGA_TIMEOUT_S while the order lived."""
+        return any(self.down_s(service, created_at, ended_at) > self.saga_timeout_s for service in SAGA_PARTICIPANTS)
+
+
+async def reconcile(
+    infra: Infra, management: Management, phase: Phase, ledger: Ledger, timeouts: SagaTimeouts
+) -> Findings:
     findings = Findings()
     connection = await asyncpg.connect(asyncpg_dsn(infra), timeout=5)
     try:
         await _registrations(connection, ledger, findings)
         await _clicks(connection, phase, ledger, findings)
-        await _orders(connection, phase, ledger, findings)
+        await _orders(connection, phase, ledger, findings, timeouts)
         await _payments(connection, ledger, findings)
         await _renames(connection, phase, ledger, findings)
         await _outboxes_drained(connection, findings)
@@ -156,11 +202,13 @@ def _created_once(attempt: Attempt, created: int, label: str, thing: str, findin
         findings.unknown_applied += 1
 
 
-async def _orders(connection: asyncpg.Connection, phase: Phase, ledger: Ledger, findings: Findings) -> None:
+async def _orders(
+    connection: asyncpg.Connection, phase: Phase, ledger: Ledger, findings: Findings, timeouts: SagaTimeouts
+) -> None:
     attempts = ledger.of("order")
     rows = await connection.fetch(
-        "SELECT id, correlation_id, quantity, status, failure_reason, payment_behaviour FROM orderservice.orders "
-        "WHERE correlation_id = ANY($1)",
+        "SELECT id, correlation_id, quantity, status, failure_reason, payment_behaviour, created_at, updated_at "
+        "FROM orderservice.orders WHERE correlation_id = ANY($1)",
         [attempt.correlation_id for attempt in attempts],
     )
     by_correlation: dict[str, list[asyncpg.Record]] = {}
@@ -179,11 +227,13 @@ async def _orders(connection: asyncpg.Connection, phase: Phase, ledger: Ledger, 
         label = f"order {attempt.correlation_id} ({attempt.outcome})"
         _created_once(attempt, len(orders), label, "order", findings)
         for order in orders:
-            _check_order(order, charges.get(order["id"], 0), label, findings)
+            _check_order(order, charges.get(order["id"], 0), label, findings, timeouts)
     await _stock_adds_up(connection, phase, findings)
 
 
-def _check_order(order: asyncpg.Record, charges: int, label: str, findings: Findings) -> None:
+def _check_order(
+    order: asyncpg.Record | dict[str, Any], charges: int, label: str, findings: Findings, timeouts: SagaTimeouts
+) -> None:
     status, reason, behaviour = order["status"], order["failure_reason"], order["payment_behaviour"]
     if status not in ("completed", "failed"):
         findings.pending.append((f"{label}: still {status}", 1))
@@ -194,10 +244,22 @@ def _check_order(order: asyncpg.Record, charges: int, label: str, findings: Find
         findings.pending.append((f"{label}: completed with {charges} charges", 1))
     if status == "failed" and charges != 0:
         findings.inconsistent.append((f"{label}: failed ({reason}) but charged", 1))
-    # A timeout is a legitimate end when a participant was down for longer than SAGA_TIMEOUT_S.
     expected = {"succeed": ("completed", None), "fail": ("failed", "payment_declined")}[behaviour]
-    if (status, reason) != expected and reason != "timeout":
-        findings.inconsistent.append((f"{label}: ended {status} ({reason}) though payment was set to {behaviour}", 1))
+    if (status, reason) == expected:
+        return
+    if reason == "timeout":
+        # The order's life: from its creation to its timeout (the timeout watch stamps `updated_at`).
+        if not timeouts.explains(order["created_at"], order["updated_at"]):
+            lived_s = (order["updated_at"] - order["created_at"]).total_seconds()
+            findings.lost.append(
+                (
+                    f"{label}: timed out after {lived_s:.1f} s, though no saga participant was down for longer "
+                    f"than SAGA_TIMEOUT_S ({timeouts.saga_timeout_s:g} s) meanwhile: a saga message was lost",
+                    1,
+                )
+            )
+        return
+    findings.inconsistent.append((f"{label}: ended {status} ({reason}) though payment was set to {behaviour}", 1))
 
 
 async def _stock_adds_up(connection: asyncpg.Connection, phase: Phase, findings: Findings) -> None:

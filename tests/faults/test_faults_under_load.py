@@ -28,7 +28,7 @@ from devtools.fleet import SERVICES
 from tests.faults.conftest import FaultReport
 from tests.faults.load import RATE_PER_S, RECOVERY_BOUND_S, Ledger, LoadGenerator, Phase, click_page, prepare_phase
 from tests.faults.private_infra import PrivateInfra
-from tests.faults.reconcile import Findings, asyncpg_dsn, finalize, reconcile, report_row
+from tests.faults.reconcile import Findings, SagaTimeouts, asyncpg_dsn, finalize, reconcile, report_row
 from tests.support.fleet import Fleet
 from tests.support.rabbitmq import Management
 from tests.support.waiting import eventually
@@ -63,11 +63,13 @@ async def all_ready(fleet: Fleet, http: httpx.AsyncClient, names: tuple[str, ...
     return time.monotonic() - started
 
 
-async def settle(private: PrivateInfra, management: Management, phase: Phase, ledger: Ledger) -> tuple[Findings, float]:
+async def settle(
+    private: PrivateInfra, fleet: Fleet, management: Management, phase: Phase, ledger: Ledger
+) -> tuple[Findings, float]:
     """Reconcile until nothing is pending (or SETTLE_TIMEOUT_S passes: then pending means lost)."""
     started = time.monotonic()
     while True:
-        findings = await reconcile(private.infra, management, phase, ledger)
+        findings = await reconcile(private.infra, management, phase, ledger, SagaTimeouts.of(fleet))
         if not findings.pending or time.monotonic() - started > SETTLE_TIMEOUT_S:
             return finalize(findings), time.monotonic() - started
         await asyncio.sleep(1.0)
@@ -100,7 +102,7 @@ async def run_fault(
         if during_load is not None:
             await during_load(phase)
         await asyncio.sleep(AFTER_S)
-    findings, settled_s = await settle(private, management, phase, ledger)
+    findings, settled_s = await settle(private, fleet, management, phase, ledger)
     outcomes = ledger.outcomes()
     fault_report.add(
         report_row(fault, ledger, findings, recovery_s, settled_s),

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -62,6 +64,16 @@ class ServiceFailedToStart(RuntimeError):
     pass
 
 
+@dataclass
+class Outage:
+    """Service `service` was down: signalled to stop (or killed) at `down_at`, ready again at `up_at`
+    (None while it is still down). Wall-clock times, comparable with the database's timestamps."""
+
+    service: str
+    down_at: datetime
+    up_at: datetime | None = None
+
+
 class Fleet:
     def __init__(
         self,
@@ -78,6 +90,8 @@ class Fleet:
         self._environment = dict(environment or {})
         self._overrides: dict[str, dict[str, str]] = {}
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        # Every stop and kill of a running service, and when it was ready again (the fault suite's record).
+        self.outages: list[Outage] = []
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -170,7 +184,13 @@ class Fleet:
                 start_new_session=True,
             )
             log_file.close()
-        await asyncio.gather(*(self.wait_ready(name) for name in names))
+        await asyncio.gather(*(self._wait_back(name) for name in names))
+
+    async def _wait_back(self, name: str) -> None:
+        await self.wait_ready(name)
+        for outage in self.outages:
+            if outage.service == name and outage.up_at is None:
+                outage.up_at = datetime.now(UTC)
 
     async def wait_ready(self, name: str, timeout: float = READY_TIMEOUT_S) -> float:
         """Wait for /ready to answer 200 from this very process (not another run's service that took
@@ -213,6 +233,7 @@ class Fleet:
         process = self._processes.get(name)
         if process is None or process.poll() is not None:
             return
+        self.outages.append(Outage(name, datetime.now(UTC)))
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
         deadline = time.monotonic() + timeout

@@ -1,0 +1,189 @@
+"""POST /track_click when the broker's confirm is lost (analyticsservice/api.py, `common.consumer.withdraw`).
+
+A lost confirm does not say whether the broker took the click. The service withdraws it: if the
+consumer had not counted it yet, the withdrawal holds (it is dropped should it arrive) and 503 is
+true; if the consumer had counted it already, it was recorded, and the true answer is 200.
+
+The analytics service runs in process as it is built (`create_app`: its API, its batching click
+consumer, its database tables and the broker of this test run). Only its broker client is a subclass
+that loses the confirm of the clicks a test chooses, raising what `Broker.publish_message` raises when
+no confirm comes in time; the broker and the database stay real.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+import common.service
+from analyticsservice.main import create_app
+from analyticsservice.settings import Settings
+from common import topology
+from common.broker import Broker, BrokerUnavailable
+from common.events import ClickTracked, Event
+from tests.support.infra import Infra
+from tests.support.rabbitmq import Management
+from tests.support.waiting import eventually, stays
+
+pytestmark = pytest.mark.integration
+
+When = Literal["after_counted", "before_routed"]
+
+
+@dataclass
+class LostConfirm:
+    """The confirm of the next click on one page is lost: `after_counted`, once the broker routed it and
+    the consumer counted it; `before_routed`, before the broker routed it (`held` keeps the message the
+    broker takes late, when the test says so)."""
+
+    when: When
+    counted: Callable[[], Awaitable[bool]] | None = None
+    held: ClickTracked | None = None
+
+
+class LostConfirmBroker(Broker):
+    faults: dict[str, LostConfirm]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.faults = {}
+
+    async def publish(self, event: Event, *, headers: dict[str, Any] | None = None) -> None:
+        fault = self.faults.pop(event.page, None) if isinstance(event, ClickTracked) else None
+        if fault is None:
+            await super().publish(event, headers=headers)
+            return
+        assert isinstance(event, ClickTracked)
+        if fault.when == "after_counted":
+            await super().publish(event, headers=headers)  # routed into click_tracked_queue
+            assert fault.counted is not None
+            await eventually(fault.counted, message="the consumer did not count the click")
+        else:
+            fault.held = event
+        # What publish_message raises when the confirm does not come within PUBLISH_TIMEOUT_S.
+        raise BrokerUnavailable("the broker is unavailable: TimeoutError: ") from TimeoutError()
+
+    async def publish_late(self, event: ClickTracked) -> None:
+        """The broker takes the held click after all: it is routed to the consumer now."""
+        await super().publish(event)
+
+
+@dataclass
+class Analytics:
+    client: httpx.AsyncClient
+    broker: LostConfirmBroker
+
+    async def clicks(self, page: str) -> int:
+        response = await self.client.get("/analytics/clicks", params={"page": page})
+        assert response.status_code == 200, response.text
+        return int(response.json()["clicks"])
+
+    async def track(self, page: str) -> httpx.Response:
+        return await self.client.post("/track_click", json={"user_id": 7, "page": page})
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """The service configures the process's logging, as it should; put the test run's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+async def analytics(
+    infra: Infra, management: Management, monkeypatch: pytest.MonkeyPatch, root_logging: None
+) -> AsyncIterator[Analytics]:
+    monkeypatch.setattr(common.service, "Broker", LostConfirmBroker)  # the broker the lifespan opens
+    settings = Settings(
+        rabbitmq_url=infra.rabbitmq_url,
+        database_url=infra.database_url,
+        publish_timeout_s=1.0,
+        dependency_retry_delay_s=0.2,
+        shutdown_grace_s=5.0,
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        broker = app.state.runtime.broker
+        assert isinstance(broker, LostConfirmBroker)
+        await management.take(topology.CLICK_TRACKED.name, count=1000)  # no other test's clicks
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://analyticsservice") as client:
+            yield Analytics(client, broker)
+
+
+def unique_page() -> str:
+    return f"/withdraw-test/{uuid.uuid4().hex[:12]}"
+
+
+def duplicates_dropped() -> float:
+    """Clicks the consumer acknowledged without counting them (processed, or withdrawn, before)."""
+    value = REGISTRY.get_sample_value(
+        "messages_consumed_total", {"queue": topology.CLICK_TRACKED.name, "outcome": "duplicate"}
+    )
+    return value or 0.0
+
+
+async def test_a_click_counted_before_its_confirm_was_lost_is_answered_200(analytics: Analytics) -> None:
+    page = unique_page()
+
+    async def counted() -> bool:
+        return await analytics.clicks(page) == 1
+
+    analytics.broker.faults[page] = LostConfirm("after_counted", counted=counted)
+    response = await analytics.track(page)
+
+    assert page not in analytics.broker.faults, "the fault was not reached"
+    assert response.status_code == 200, response.text  # it was recorded: 503 would say it was not
+    assert response.json() == {"status": "tracked"}
+
+    async def counted_once() -> bool:
+        return await analytics.clicks(page) == 1
+
+    await stays(counted_once, duration=1.0, message="the click was not counted exactly once")
+
+
+async def test_a_click_whose_confirm_was_lost_before_it_was_routed_is_answered_503_and_never_counted(
+    analytics: Analytics,
+) -> None:
+    page = unique_page()
+    fault = LostConfirm("before_routed")
+    analytics.broker.faults[page] = fault
+    response = await analytics.track(page)
+
+    assert response.status_code == 503, response.text
+    assert response.headers.get("retry-after") == "1"
+    assert fault.held is not None
+
+    # The broker took it after all: the consumer gets the click, and drops it as withdrawn.
+    dropped_before = duplicates_dropped()
+    await analytics.broker.publish_late(fault.held)
+
+    async def dropped() -> bool:
+        return duplicates_dropped() > dropped_before
+
+    await eventually(dropped, message="the consumer did not drop the withdrawn click")
+
+    async def not_counted() -> bool:
+        return await analytics.clicks(page) == 0
+
+    await stays(not_counted, duration=1.0, message="a click answered 503 was counted")
+
+    # The client was told "not recorded", so it tries again: that click is counted, once.
+    retried = await analytics.track(page)
+    assert retried.status_code == 200, retried.text
+
+    async def counted_once() -> bool:
+        return await analytics.clicks(page) == 1
+
+    await eventually(counted_once, message="the retried click was not counted")
+    await stays(counted_once, duration=1.0, message="the retried click was not counted exactly once")
