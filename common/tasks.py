@@ -55,8 +55,13 @@ class BackgroundTasks:
                 await body()
                 reason = "returned"
                 log.error("background task %s returned; starting it again", name)
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                current = asyncio.current_task()
+                if current is None or current.cancelling():
+                    raise  # the supervisor is stopping this task
+                # A cancellation the body let escape (say, of an inner publish): not a stop, a death.
+                reason = "CancelledError"
+                log.error("background task %s was cancelled from inside; starting it again", name, exc_info=exc)
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"
                 log.exception("background task %s died; starting it again", name)

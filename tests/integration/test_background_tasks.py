@@ -134,6 +134,31 @@ async def test_a_task_that_returns_is_started_again_too() -> None:
         await tasks.close()
 
 
+async def test_a_cancellation_escaping_from_inside_a_task_is_a_death_not_a_stop() -> None:
+    tasks = BackgroundTasks()
+    name = unique_name("inner-cancel")
+    runs = 0
+
+    async def lets_an_inner_cancellation_escape() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            inner = asyncio.create_task(asyncio.sleep(10))  # say, a publish cancelled by its library
+            inner.cancel()
+            await inner
+        await asyncio.Event().wait()
+
+    async def running_again() -> bool:
+        return runs == 2 and tasks.problems() == {}
+
+    try:
+        tasks.start(name, lets_an_inner_cancellation_escape)
+        await eventually(running_again, message="the task stopped for good after an inner cancellation")
+        assert restarts(name) == 1
+    finally:
+        await tasks.close()
+
+
 async def test_stopping_a_task_cancels_it_without_counting_a_restart() -> None:
     tasks = BackgroundTasks()
     name = unique_name("stopped")
