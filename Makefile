@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test lint format procfile docs monitoring lock clean bench faults
+.PHONY: help venv run test lint format procfile docs monitoring kubernetes lock clean bench faults
 
 # The Docker path (docker-compose-async.yml); credentials from .env (see .env.example).
 # `make up UP_ARGS="--scale emailservice=3"`, `make logs SERVICE=emailservice`, `make load PROFILE=smoke`
@@ -34,6 +34,7 @@ help:
 	@echo "make lint   - ruff"
 	@echo "make docs   - regenerate docs/asyncapi.json and the README diagram from the topology"
 	@echo "make monitoring - regenerate the Prometheus configs and Grafana dashboards"
+	@echo "make kubernetes - regenerate deploy/kubernetes/ and docs/capacity.md (after make bench, too)"
 	@echo "make lock   - re-pin requirements*.txt from requirements*.in"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -81,6 +82,11 @@ docs: $(STAMP)
 monitoring: $(STAMP)
 	$(BIN)/python -m devtools.monitoring
 	$(BIN)/python -m devtools.dashboards
+
+# Regenerate deploy/kubernetes/ (kustomize base, local overlay) and docs/capacity.md from devtools/kubernetes.py:
+# the fleet, compose's settings, the message map and docs/bench/results.json.
+kubernetes: $(STAMP)
+	$(BIN)/python -m devtools.kubernetes
 
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
