@@ -7,11 +7,9 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import bindparam, func, select
 
-from analyticsservice.metrics import CLICKS_INGESTED
+from analyticsservice.metrics import CLICKS_INGESTED, CLICKS_KEPT_FOR_THE_BROKER
 from analyticsservice.tables import click_counts, product_update_counts
-from common import topology
 from common.broker import BrokerUnavailable
-from common.consumer import withdraw
 from common.database import is_dependency_failure
 from common.events import ClickTracked
 from common.inputs import DatabaseId, PlainInt, trimmed_text
@@ -51,7 +49,8 @@ PRODUCT_UPDATE_COUNT = Statement(
 
 class ClickAccepted(BaseModel):
     status: Literal["tracked"] = Field(
-        description="The broker has confirmed the click: it is durably queued and will be counted once.",
+        description="The click is durable (confirmed by the broker, or committed to the outbox while the "
+        "broker is away) and will be counted once.",
         examples=["tracked"],
     )
 
@@ -80,33 +79,33 @@ class ProductUpdateCount(BaseModel):
 @router.post(
     "/track_click",
     summary="Record a click; it is counted in the background",
-    description="Answers only once the broker has confirmed the click (a durable, persistent message on "
-    "`click_tracked_queue`); the queue absorbs bursts and the consumer counts each click exactly once at "
-    "its own pace. If the broker cannot take the click, the answer is 503 and it is not counted (even if "
-    "the broker took it after all and only its confirm was lost), unless it was counted already: then 200.",
+    description="Answers once the click is durable: confirmed by the broker (a persistent message on "
+    "`click_tracked_queue`), or, if the broker cannot confirm it, committed to the service's outbox, "
+    "from which it is published when the broker is back. Either way it is counted exactly once, at the "
+    "consumer's own pace. 503 only when neither the broker nor the database can take it.",
     responses=UNAVAILABLE_RESPONSE,
 )
 async def track_click(click: ClickRequest, runtime: RuntimeDep) -> ClickAccepted:
     event = ClickTracked(user_id=click.user_id, page=click.page, session_id=click.session_id)
     try:
-        # Published directly, not through the outbox: the broker's confirm is the durable record, so the
-        # accept path costs one confirmed publish and no database round trip.
+        # Straight to the broker, not through the outbox: the broker's confirm is the durable record, so
+        # the usual accept costs one confirmed publish and no database round trip.
         await runtime.broker.publish(event)
-    except BrokerUnavailable:
-        # No confirm does not mean not queued: the connection can drop after the broker took the click.
-        # Withdrawn, the consumer drops it should it arrive, and 503 ("not recorded") is true. Not
-        # withdrawn, the consumer counted it already: it was recorded, and the truthful answer is 200.
-        # Should the database be down too, neither can be known; the click may then count.
+    except BrokerUnavailable as unconfirmed:
+        # No confirm does not mean not queued: the broker may have taken the click before the connection
+        # dropped. The outbox copy carries the same event id, so the consumer counts whichever comes
+        # first and drops the other: exactly once either way.
         try:
-            withdrawn = await withdraw(runtime.database, topology.CLICK_TRACKED, event)
+            async with runtime.outbox.transaction() as unit:
+                unit.publish(event)
         except Exception as exc:
             if not is_dependency_failure(exc):
                 raise
-            log.warning("could not withdraw click %s after a failed publish: %r", event.event_id, exc)
-            raise BrokerUnavailable("no confirm, and the click could not be withdrawn") from exc
-        if withdrawn:
-            raise
-        log.info("click %s lost its confirm but was counted already: answering tracked", event.event_id)
+            # Neither can take it: 503. (Had the broker taken it after all, it still counts, once.)
+            log.warning("click %s: no confirm and no database: %r", event.event_id, exc)
+            raise BrokerUnavailable("neither the broker nor the database can take the click") from exc
+        log.info("click %s kept in the outbox until the broker confirms it: %r", event.event_id, unconfirmed)
+        CLICKS_KEPT_FOR_THE_BROKER.inc()
     CLICKS_INGESTED.inc()
     return ClickAccepted(status="tracked")
 

@@ -15,9 +15,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings,
         title="AnalyticsService",
         description="Scenario 6 (buffered ingestion): `POST /track_click` answers once the broker has confirmed "
-        "the click; `click_tracked_queue` absorbs bursts and a batching consumer counts every click exactly "
-        "once. Scenario 3 (fan-out consumer): counts every product update from "
-        "`analytics_product_updates_queue`. `GET /analytics/summary` shows both.",
+        "the click (or, while the broker cannot, the outbox has it); `click_tracked_queue` absorbs bursts and a "
+        "batching consumer counts every click exactly once. Scenario 3 (fan-out consumer): counts every "
+        "product update from `analytics_product_updates_queue`. `GET /analytics/summary` shows both.",
         metadata=metadata,
         routers=[router],
         subscriptions={

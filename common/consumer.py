@@ -157,18 +157,6 @@ async def _record_processed(
     return {str(row[0]) for row in recorded}
 
 
-async def withdraw(database: Database, queue: ConsumedQueue, event: Event) -> bool:
-    """Make `queue`'s consumer drop `event` should it arrive, by recording it as processed; return True
-    if it was withdrawn, False if the consumer had processed it already.
-
-    For a publisher that would tell its caller a publish failed although the broker may have queued the
-    message (the confirm never came: the connection dropped or the wait timed out). Withdrawn, the copy
-    that did land is dropped, so "not recorded" is true and a client retrying has it applied once. Not
-    withdrawn, the broker took it and it was applied: the truthful answer is that it was recorded."""
-    async with database.transaction() as connection:
-        return bool(await _record_processed(connection, database, queue, [event]))
-
-
 async def _already_processed(database: Database, queue: ConsumedQueue, events: Sequence[Event]) -> set[str]:
     """The ids among `events` that `queue`'s consumer has already processed."""
     found = await database.fetch(

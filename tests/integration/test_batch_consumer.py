@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import aio_pika
 import pytest
 
-from common.consumer import DEAD_LETTER_REASON_HEADER, BatchConsumer, BatchContext, Batched, withdraw
+from common.consumer import DEAD_LETTER_REASON_HEADER, BatchConsumer, BatchContext, Batched
 from common.runtime import Runtime
 from common.topology import ConsumedQueue
 from tests.integration.conftest import INSERT_PING, Ping, PublishPing, ping_rows
@@ -190,38 +190,3 @@ async def test_graceful_stop_flushes_the_buffered_batch(
 
     assert await all_recorded_once(runtime, pings)
     assert await management.peek(test_queue.name) == []
-
-
-async def test_a_withdrawn_event_is_dropped_if_it_arrives(
-    start_batches, publish_ping: PublishPing, runtime: Runtime, test_queue: ConsumedQueue, management: Management
-) -> None:
-    # A publisher that lost the confirm answers "not recorded" and withdraws the event; had the broker
-    # queued it after all, the consumer must drop that copy.
-    withdrawn, kept = Ping(note="withdrawn"), Ping(note="kept")
-    assert await withdraw(runtime.database, test_queue, withdrawn), "nothing had processed it yet"
-    await publish_ping(event=withdrawn)
-    await publish_ping(event=kept)
-    recorder = Recorder()
-    await start_batches(recorder)
-
-    await eventually(lambda: all_recorded_once(runtime, [kept]), message="the other event was not applied")
-
-    async def queue_drained() -> bool:
-        return await management.peek(test_queue.name) == []
-
-    await eventually(queue_drained, message="the withdrawn event was left in the queue")
-    assert await ping_rows(runtime.database, withdrawn.event_id) == 0
-    assert "withdrawn" not in [note for batch in recorder.applied for note in batch]
-
-
-async def test_an_event_counted_before_its_publisher_gave_up_on_the_confirm_cannot_be_withdrawn(
-    start_batches, publish_ping: PublishPing, runtime: Runtime, test_queue: ConsumedQueue
-) -> None:
-    # The other order: the broker routed the event and the consumer applied it before the publisher's
-    # connection dropped. Withdrawing says so, and the publisher answers that it was recorded.
-    applied = Ping(note="applied first")
-    await start_batches(Recorder())
-    await publish_ping(event=applied)
-    await eventually(lambda: ping_rows(runtime.database, applied.event_id), message="not applied")
-    assert not await withdraw(runtime.database, test_queue, applied)
-    assert await ping_rows(runtime.database, applied.event_id) == 1

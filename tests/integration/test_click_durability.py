@@ -1,23 +1,27 @@
-"""POST /track_click when the broker's confirm is lost (analyticsservice/api.py, `common.consumer.withdraw`).
+"""POST /track_click when the broker's confirm is lost (analyticsservice/api.py).
 
-A lost confirm does not say whether the broker took the click. The service withdraws it: if the
-consumer had not counted it yet, the withdrawal holds (it is dropped should it arrive) and 503 is
-true; if the consumer had counted it already, it was recorded, and the true answer is 200.
+A lost confirm does not say whether the broker took the click. The service then commits the click
+to its outbox, with the same event id: whichever copy reaches the consumer first is counted, the
+other dropped, so the answer is 200 and the click counts once in either order. Only when the
+database cannot take it either is the answer 503.
 
 The analytics service runs in process as it is built (`create_app`: its API, its batching click
-consumer, its database tables and the broker of this test run). Only its broker client is a subclass
-that loses the confirm of the clicks a test chooses, raising what `Broker.publish_message` raises when
-no confirm comes in time; the broker and the database stay real.
+consumer, its outbox, its database tables and the broker of this test run). Only its broker client is
+a subclass that loses the confirm of the clicks a test chooses, raising what `Broker.publish_message`
+raises when no confirm comes in time; the broker and the database stay real.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import asyncpg
 import httpx
 import pytest
 from prometheus_client import REGISTRY
@@ -28,6 +32,7 @@ from analyticsservice.settings import Settings
 from common import topology
 from common.broker import Broker, BrokerUnavailable
 from common.events import ClickTracked, Event
+from devtools.provision import admin_dsn
 from tests.support.infra import Infra
 from tests.support.rabbitmq import Management
 from tests.support.waiting import eventually, stays
@@ -122,37 +127,41 @@ async def analytics(
 
 
 def unique_page() -> str:
-    return f"/withdraw-test/{uuid.uuid4().hex[:12]}"
+    return f"/click-durability/{uuid.uuid4().hex[:12]}"
 
 
 def duplicates_dropped() -> float:
-    """Clicks the consumer acknowledged without counting them (processed, or withdrawn, before)."""
+    """Clicks the consumer acknowledged without counting them (processed before)."""
     value = REGISTRY.get_sample_value(
         "messages_consumed_total", {"queue": topology.CLICK_TRACKED.name, "outcome": "duplicate"}
     )
     return value or 0.0
 
 
-async def test_a_click_counted_before_its_confirm_was_lost_is_answered_200(analytics: Analytics) -> None:
+async def test_a_click_counted_before_its_confirm_was_lost_is_answered_200_and_counted_once(
+    analytics: Analytics,
+) -> None:
     page = unique_page()
 
     async def counted() -> bool:
         return await analytics.clicks(page) == 1
 
     analytics.broker.faults[page] = LostConfirm("after_counted", counted=counted)
+    dropped_before = duplicates_dropped()
     response = await analytics.track(page)
 
     assert page not in analytics.broker.faults, "the fault was not reached"
     assert response.status_code == 200, response.text  # it was recorded: 503 would say it was not
     assert response.json() == {"status": "tracked"}
 
-    async def counted_once() -> bool:
-        return await analytics.clicks(page) == 1
+    async def outbox_copy_dropped() -> bool:
+        return duplicates_dropped() > dropped_before
 
-    await stays(counted_once, duration=1.0, message="the click was not counted exactly once")
+    await eventually(outbox_copy_dropped, message="the outbox copy never reached the consumer")
+    await stays(counted, duration=1.0, message="the click was not counted exactly once")
 
 
-async def test_a_click_whose_confirm_was_lost_before_it_was_routed_is_answered_503_and_never_counted(
+async def test_a_click_whose_confirm_was_lost_before_it_was_routed_goes_out_through_the_outbox_once(
     analytics: Analytics,
 ) -> None:
     page = unique_page()
@@ -160,30 +169,58 @@ async def test_a_click_whose_confirm_was_lost_before_it_was_routed_is_answered_5
     analytics.broker.faults[page] = fault
     response = await analytics.track(page)
 
-    assert response.status_code == 503, response.text
-    assert response.headers.get("retry-after") == "1"
+    assert response.status_code == 200, response.text
     assert fault.held is not None
 
-    # The broker took it after all: the consumer gets the click, and drops it as withdrawn.
+    async def counted_once() -> bool:
+        return await analytics.clicks(page) == 1
+
+    await eventually(counted_once, message="the outbox did not deliver the click")
+
+    # The broker took the first copy after all: the consumer gets it too, and drops it.
     dropped_before = duplicates_dropped()
     await analytics.broker.publish_late(fault.held)
 
     async def dropped() -> bool:
         return duplicates_dropped() > dropped_before
 
-    await eventually(dropped, message="the consumer did not drop the withdrawn click")
+    await eventually(dropped, message="the consumer did not drop the late copy")
+    await stays(counted_once, duration=1.0, message="the click was counted twice")
+
+
+@asynccontextmanager
+async def database_refusing_the_service(infra: Infra, service: str) -> AsyncIterator[None]:
+    """The run's database accepts no new connections and the service's open ones are cut: for the
+    service, the database is down (other connections already open stay)."""
+    admin = await asyncpg.connect(admin_dsn(infra.database_url))
+    try:
+        await admin.execute(f'ALTER DATABASE "{infra.database}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+            infra.database,
+            service,
+        )
+        await asyncio.sleep(0.5)  # the pool sees them closed (used at once, asyncpg raises an internal error)
+        yield
+    finally:
+        await admin.execute(f'ALTER DATABASE "{infra.database}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+
+async def test_a_click_neither_the_broker_nor_the_database_can_take_is_answered_503(
+    analytics: Analytics, infra: Infra
+) -> None:
+    page = unique_page()
+    fault = LostConfirm("before_routed")
+    analytics.broker.faults[page] = fault
+    async with database_refusing_the_service(infra, "analyticsservice"):
+        response = await analytics.track(page)
+
+    assert response.status_code == 503, response.text
+    assert "nothing was accepted" in response.json()["detail"]
+    assert response.headers.get("retry-after") == "1"
 
     async def not_counted() -> bool:
         return await analytics.clicks(page) == 0
 
     await stays(not_counted, duration=1.0, message="a click answered 503 was counted")
-
-    # The client was told "not recorded", so it tries again: that click is counted, once.
-    retried = await analytics.track(page)
-    assert retried.status_code == 200, retried.text
-
-    async def counted_once() -> bool:
-        return await analytics.clicks(page) == 1
-
-    await eventually(counted_once, message="the retried click was not counted")
-    await stays(counted_once, duration=1.0, message="the retried click was not counted exactly once")
