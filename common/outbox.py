@@ -331,6 +331,9 @@ class Outbox:
                 now = time.monotonic()
                 # A row whose claim is about to end is the relay's: publishing it now could overlap the relay.
                 in_time = [row for row in batch if row.publish_by > now]
+                late = [row.id for row in batch if row.publish_by <= now]
+                if late:  # handed back now, rather than left for the relay once the claim has run out
+                    await self._database.execute(self._statements.release, ids=late, claimed_by=self._token)
                 if in_time:
                     await self._publish_and_settle(in_time, self._token)
             except Exception as exc:

@@ -170,6 +170,39 @@ async def test_close_publishes_what_was_committed_before_it(runtime: Runtime, ma
     assert sorted(await delivered_ids(management)) == sorted(str(event.event_id) for event in events)
 
 
+async def test_rows_the_dispatcher_reaches_too_late_are_handed_to_the_relay_before_their_claim_ends(
+    runtime: Runtime, management: Management
+) -> None:
+    # A dispatcher held up (behind a slow broker, say) must not start a publish the relay could overlap;
+    # the rows it skips go to the relay at once instead of when their claim runs out.
+    settings = runtime.settings.model_copy(update={"publish_timeout_s": 4.5, "outbox_dispatch_claim_s": 7.0})
+    outbox = Outbox(settings, runtime.database, runtime.broker)
+    tasks = BackgroundTasks()
+    outbox.start(tasks)
+    await tasks.stop("outbox-dispatcher")
+    await tasks.stop("outbox-relay")
+    events = registrations(3, "late")
+    try:
+        for event in events:
+            async with outbox.transaction() as unit:
+                unit.publish(event)
+        committed = asyncio.get_running_loop().time()
+        assert await outbox.relay_once() == 0, "claimed rows went to the relay"
+        # Past the last moment to start a publish (claim - publish timeout - margin = 1.5 s), well before 7 s.
+        await asyncio.sleep(2.0)
+        tasks.start("outbox-dispatcher", outbox._dispatch_forever)  # the held-up dispatcher goes on
+        await eventually(lambda: relays(outbox, 3), timeout=3, interval=0.1)
+        assert asyncio.get_running_loop().time() - committed < settings.outbox_dispatch_claim_s
+    finally:
+        await tasks.close()
+    assert sorted(await delivered_ids(management)) == sorted(str(event.event_id) for event in events)
+    assert await outbox_rows(runtime.database) == 0
+
+
+async def relays(outbox: Outbox, count: int) -> bool:
+    return await outbox.relay_once() == count
+
+
 async def test_beyond_the_dispatcher_queue_rows_go_to_the_relay(runtime: Runtime, management: Management) -> None:
     settings = runtime.settings.model_copy(update={"outbox_dispatch_queue_size": 2})
     outbox = Outbox(settings, runtime.database, runtime.broker)
