@@ -210,6 +210,15 @@ REPORT_JOBS = ConsumedQueue(
     DEFAULT_EXCHANGE,
     "Report jobs for the CPU workers.",
 )
+REPORT_JOB_DEAD_LETTERS = ConsumedQueue(
+    REPORT_JOBS.dead_letter_queue,
+    GenerateReportJob,
+    "reportservice",
+    DEFAULT_EXCHANGE,
+    "The dead letters of `report_jobs_queue` (past the broker's delivery limit, out of attempts, rejected): "
+    "each one's job is marked failed, and the message acknowledged, since the job table now holds it. One "
+    "that names no job goes on to `report_jobs_queue.dlq.dlq`, where it stays for operators.",
+)
 
 # Scenario 5: the order saga (choreography)
 ORDER_CREATED = ConsumedQueue(
@@ -319,6 +328,20 @@ PRODUCT_STOCK_LEVELS = ConsumedQueue(
     STOCK_LEVELS,
     "Inventory's figures, shown as the catalogue's stock.",
 )
+SEARCH_STOCK_LEVELS = ConsumedQueue(
+    "search_stock_levels_queue",
+    StockLevelChanged,
+    "searchservice",
+    STOCK_LEVELS,
+    "Inventory's figures, shown as the stock of search hits.",
+)
+CACHE_STOCK_LEVELS = ConsumedQueue(
+    "cache_stock_levels_queue",
+    StockLevelChanged,
+    "cacheservice",
+    STOCK_LEVELS,
+    "Inventory's figures, shown as the stock of cached products.",
+)
 
 # Scenario 6: buffered ingestion
 CLICK_TRACKED = ConsumedQueue(
@@ -337,6 +360,7 @@ QUEUES: tuple[ConsumedQueue, ...] = (
     CACHE_PRODUCT_UPDATES,
     ANALYTICS_PRODUCT_UPDATES,
     REPORT_JOBS,
+    REPORT_JOB_DEAD_LETTERS,
     ORDER_CREATED,
     STOCK_RESERVED,
     INVENTORY_PAYMENT_FAILED,
@@ -351,6 +375,8 @@ QUEUES: tuple[ConsumedQueue, ...] = (
     PAYMENT_ORDER_CANCELLED,
     INVENTORY_STOCK_SET,
     PRODUCT_STOCK_LEVELS,
+    SEARCH_STOCK_LEVELS,
+    CACHE_STOCK_LEVELS,
     CLICK_TRACKED,
 )
 
@@ -426,6 +452,12 @@ def queues_consumed_by(service: str) -> tuple[ConsumedQueue, ...]:
     return tuple(queue for queue in QUEUES if queue.consumer == service)
 
 
+def dead_letters_of(queue: ConsumedQueue) -> ConsumedQueue | None:
+    """The consumed queue whose dead-letter queue `queue` is, if it is one (a service following what
+    another queue's consumer gave up on)."""
+    return next((other for other in QUEUES if other.dead_letter_queue == queue.name), None)
+
+
 def queue_named(name: str) -> ConsumedQueue:
     for queue in QUEUES:
         if queue.name == name:
@@ -478,13 +510,17 @@ async def declare_exchange(channel: aio_pika.abc.AbstractChannel, exchange: Exch
 
 
 async def declare_queue(channel: aio_pika.abc.AbstractChannel, queue: ConsumedQueue) -> aio_pika.abc.AbstractQueue:
-    """Declare `queue` with its dead-letter companion and its binding; return the main queue."""
+    """Declare `queue` with its dead-letter companion and its binding; return the main queue.
+
+    A queue that is another's dead-letter queue keeps the arguments every dead-letter queue has (RabbitMQ
+    refuses a redeclaration with others, and brokers have it so already): what its own consumer gives up
+    on goes on to its own `.dlq`, forwarded by the consumer."""
     await channel.declare_queue(
         queue.dead_letter_queue, durable=True, auto_delete=False, arguments=dead_letter_queue_arguments(queue)
     )
-    main = await channel.declare_queue(
-        queue.name, durable=True, auto_delete=False, arguments=main_queue_arguments(queue)
-    )
+    dead_letters = dead_letters_of(queue)
+    arguments = main_queue_arguments(queue) if dead_letters is None else dead_letter_queue_arguments(dead_letters)
+    main = await channel.declare_queue(queue.name, durable=True, auto_delete=False, arguments=arguments)
     if not queue.exchange.is_default:
         exchange = await declare_exchange(channel, queue.exchange)
         await main.bind(exchange, routing_key="")

@@ -1,10 +1,11 @@
 import logging
 import time
 
+from common import topology
 from common.consumer import MessageContext, Reject
 from common.database import is_dependency_failure
 from common.events import GenerateReportJob
-from reportservice.jobs import COMPLETE, FAIL, JobStore
+from reportservice.jobs import COMPLETE, FAIL, READ_FOR_FAILING, JobStore
 from reportservice.metrics import REPORT_JOB_DURATION, REPORT_JOBS, REPORT_QUEUE_WAIT
 from reportservice.settings import Settings
 from reportservice.work import ReportFailed, hash_for, seed_digest
@@ -59,14 +60,51 @@ async def generate_report(event: GenerateReportJob, ctx: MessageContext[Generate
         log.warning("report job %s failed: %s", event.job_id, exc)
         return
     except Exception as exc:
-        if ctx.attempt >= settings.max_delivery_attempts and not is_dependency_failure(exc):
-            await jobs.fail(event.job_id, f"gave up after {ctx.attempt} attempts: {type(exc).__name__}: {exc}")
+        gives_up = ctx.attempt >= settings.max_delivery_attempts and not is_dependency_failure(exc)
+        if gives_up and await jobs.fail(
+            event.job_id, f"gave up after {ctx.attempt} attempts: {type(exc).__name__}: {exc}"
+        ):
+            _observe_finished(event.report_type, "failed", picked_up)
         raise
 
     async with ctx.transaction() as unit:
         await unit.connection.execute(COMPLETE, job_id=event.job_id, report_hash=digest.hex())
     _observe_finished(event.report_type, "completed", picked_up)
     log.info("report job %s completed", event.job_id)
+
+
+async def fail_dead_lettered_job(event: GenerateReportJob, ctx: MessageContext[GenerateReportJob]) -> None:
+    """A report job's message reached `report_jobs_queue.dlq`: the job will never run again, so it ends `failed`.
+
+    The workers' handler fails a job itself whenever it gives up (a report that cannot be produced, a
+    failure on the last attempt), with the error as the reason: such a job is finished here already and
+    keeps its outcome, as does a completed job whose late duplicate was dead-lettered. A job still queued
+    or running was dead-lettered with no handler giving up on it: by the broker, which dead-letters a
+    message of a main queue only once it was delivered past the delivery limit without an acknowledgement
+    (its service died or lost the broker holding it, again and again; the fleet's consumers never reject,
+    and the main queues expire nothing). Either way the message is acknowledged: the job table now holds
+    what it said (job, parameters, reason). One that names no job is rejected, so it goes on to this
+    queue's own `.dlq`, where it stays for operators.
+    """
+    settings = ctx.settings
+    async with ctx.transaction() as unit:
+        job = await unit.connection.fetchrow(READ_FOR_FAILING, job_id=event.job_id)
+        if job is None:
+            raise Reject(f"report job {event.job_id} does not exist: nothing records this dead letter")
+        if job["status"] not in ("queued", "running"):
+            log.info("dead-lettered report job %s is %s already; acknowledging", event.job_id, job["status"])
+            return
+        if ctx.attempt >= settings.max_delivery_attempts:
+            cause = f"out of attempts ({ctx.attempt})"
+        else:
+            cause = (
+                "delivered past the broker's delivery limit without an acknowledgement "
+                "(whoever worked it kept dying or losing the broker)"
+            )
+        reason = f"dead-lettered from {topology.REPORT_JOBS.name}: {cause}; picked up {job['attempts']} times"
+        await unit.connection.execute(FAIL, job_id=event.job_id, reason=reason)
+    REPORT_JOBS.labels(report_type=job["report_type"], status="failed").inc()
+    log.warning("report job %s failed: %s", event.job_id, reason)
 
 
 def _observe_finished(report_type: str, status: str, picked_up: float) -> None:

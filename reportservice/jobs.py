@@ -7,7 +7,7 @@ from sqlalchemy import Float, LargeBinary, any_, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import array
 
 from common.database import Database
-from common.sql import Statement
+from common.sql import Statement, affected_rows
 from reportservice.tables import report_jobs
 
 _JOB = bindparam("job_id")
@@ -26,6 +26,12 @@ PICK_UP = Statement(
     .returning(report_jobs)
 )
 EXISTS = Statement(select(report_jobs.c.job_id).where(report_jobs.c.job_id == _JOB))
+# A job whose message was dead-lettered, locked until the transaction deciding its fate commits.
+READ_FOR_FAILING = Statement(
+    select(report_jobs.c.status, report_jobs.c.report_type, report_jobs.c.attempts)
+    .where(report_jobs.c.job_id == _JOB)
+    .with_for_update()
+)
 # Never moves a job backwards (a duplicate run may lag behind).
 CHECKPOINT = Statement(
     update(report_jobs)
@@ -43,6 +49,7 @@ CHECKPOINT = Statement(
         updated_at=func.now(),
     )
 )
+# Only a job still queued or running fails: a finished one (completed, or failed already) keeps its outcome.
 FAIL = Statement(
     update(report_jobs)
     .where(report_jobs.c.job_id == _JOB, _UNFINISHED)
@@ -84,5 +91,6 @@ class JobStore:
             worked_seconds=worked_seconds,
         )
 
-    async def fail(self, job_id: str, reason: str) -> None:
-        await self._database.execute(FAIL, job_id=job_id, reason=reason)
+    async def fail(self, job_id: str, reason: str) -> bool:
+        """Mark the job failed unless it is finished already; return whether it was."""
+        return affected_rows(await self._database.execute(FAIL, job_id=job_id, reason=reason)) == 1

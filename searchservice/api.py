@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import bindparam, case, or_, select
+from sqlalchemy import bindparam, case, func, or_, select
 
 from common.inputs import PlainInt, trimmed_text
 from common.service import UNAVAILABLE_RESPONSE, RuntimeDep
 from common.sql import Statement
-from searchservice.tables import search_documents
+from searchservice.tables import search_documents, stock_levels
 
 router = APIRouter(tags=["search"])
 
@@ -26,7 +26,14 @@ class SearchHit(BaseModel):
     name: str = Field(examples=["Updated Laptop"])
     description: str | None = Field(examples=["14-inch ultrabook, 16 GB RAM, 512 GB SSD"])
     price: Decimal | None = Field(examples=["999.99"])
-    stock: int = Field(examples=[75])
+    stock: int = Field(
+        description="Inventory's available figure (`StockLevelChanged`); until inventory's first figure "
+        "arrives, the one of the last catalogue change.",
+        examples=[75],
+    )
+    stock_version: int | None = Field(
+        description="Inventory's version of `stock`; null while only the catalogue's figure is known.", examples=[3]
+    )
     product_version: int = Field(examples=[2])
     updated_at: datetime
     indexed_at: datetime
@@ -40,8 +47,15 @@ class SearchResults(BaseModel):
 
 _exact, _prefix, _anywhere = bindparam("exact"), bindparam("prefix"), bindparam("anywhere")
 _name_matches = search_documents.c.name.ilike(_anywhere, escape="\\")
+# A hit shows inventory's stock figure where it has one.
+_HIT_COLUMNS = (
+    *(column for column in search_documents.c if column.name != "stock"),
+    func.coalesce(stock_levels.c.available, search_documents.c.stock).label("stock"),
+    stock_levels.c.stock_version,
+)
 SEARCH = Statement(
-    select(search_documents)
+    select(*_HIT_COLUMNS)
+    .select_from(search_documents.outerjoin(stock_levels, stock_levels.c.product_id == search_documents.c.product_id))
     .where(or_(_name_matches, search_documents.c.description.ilike(_anywhere, escape="\\")))
     .order_by(
         # Name matches rank first: the whole name, then its start, then anywhere in it.

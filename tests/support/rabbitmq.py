@@ -97,6 +97,19 @@ class Management:
         if response.status_code != 404:
             response.raise_for_status()
 
+    async def set_policy(self, name: str, pattern: str, definition: dict[str, Any], priority: int = 0) -> None:
+        """Apply an operator's policy to this run's queues whose names match `pattern` (a regex)."""
+        response = await self._client.put(
+            f"/api/policies/{self._vhost}/{quote(name, safe='')}",
+            json={"pattern": pattern, "definition": definition, "apply-to": "queues", "priority": priority},
+        )
+        response.raise_for_status()
+
+    async def delete_policy(self, name: str) -> None:
+        response = await self._client.delete(f"/api/policies/{self._vhost}/{quote(name, safe='')}")
+        if response.status_code != 404:
+            response.raise_for_status()
+
     async def connections_named(self, connection_name: str) -> list[dict[str, Any]]:
         response = await self._client.get(f"/api/vhosts/{self._vhost}/connections")
         response.raise_for_status()

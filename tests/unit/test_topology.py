@@ -42,8 +42,39 @@ def test_design_doc_names_are_kept() -> None:
 
 
 def test_names_are_unique_including_companions() -> None:
-    names = [name for q in QUEUES for name in (q.name, q.retry_queue(0.5), q.retry_queue(2), q.dead_letter_queue)]
+    # A queue that consumes another's dead letters is named as that queue's `.dlq`: the one name shared.
+    names = [
+        name
+        for q in QUEUES
+        for name in (q.name, q.retry_queue(0.5), q.retry_queue(2), q.dead_letter_queue)
+        if not (name == q.name and topology.dead_letters_of(q) is not None)
+    ]
     assert [name for name, count in Counter(names).items() if count > 1] == []
+
+
+class _RecordingChannel:
+    """Just enough of a channel for `declare_queue`: the arguments each queue is declared with."""
+
+    def __init__(self) -> None:
+        self.declared: dict[str, list[dict[str, object]]] = {}
+
+    async def declare_queue(self, name: str, *, arguments: dict[str, object], **_: object) -> object:
+        self.declared.setdefault(name, []).append(arguments)
+        return self
+
+
+async def test_a_consumed_dead_letter_queue_is_declared_as_the_dead_letter_queue_it_is() -> None:
+    dead_letters = topology.REPORT_JOB_DEAD_LETTERS
+    assert dead_letters.name == topology.REPORT_JOBS.dead_letter_queue
+    assert topology.dead_letters_of(dead_letters) is topology.REPORT_JOBS
+    assert topology.dead_letters_of(topology.REPORT_JOBS) is None
+    channel = _RecordingChannel()
+    for queue in (topology.REPORT_JOBS, dead_letters):
+        await topology.declare_queue(channel, queue)  # type: ignore[arg-type]
+    # Both declarations agree (RabbitMQ refuses a second one with other arguments), and as brokers have it.
+    assert channel.declared[dead_letters.name] == [topology.dead_letter_queue_arguments(topology.REPORT_JOBS)] * 2
+    assert channel.declared["report_jobs_queue.dlq.dlq"] == [topology.dead_letter_queue_arguments(dead_letters)]
+    assert channel.declared["report_jobs_queue"] == [topology.main_queue_arguments(topology.REPORT_JOBS)]
 
 
 def test_every_route_reaches_at_least_one_consumed_queue() -> None:
