@@ -34,7 +34,7 @@ ACCEPT_ENDPOINTS = {
     "S6 track_click": ("analyticsservice", "POST", "/track_click"),
 }
 ACCEPT_HANDLERS = "|".join(handler for _, _, handler in ACCEPT_ENDPOINTS.values())
-MAIN_QUEUES = 'queue!~".*[.](retry|dlq)"'
+MAIN_QUEUES = 'queue!~".*[.](retry[.].*|dlq)"'
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,7 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.consumer import retry_delays_s
+from common.settings import ServiceSettings
+from common.topology import QUEUES
 from devtools import dashboards, monitoring
+from devtools.dashboards import MAIN_QUEUES
 from devtools.fleet import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,3 +84,17 @@ def test_panels_do_not_overlap() -> None:
             }
             assert not cells & area, f"{dashboard['uid']} / {panel['title']} overlaps another panel"
             cells |= area
+
+
+def test_the_main_queue_filter_leaves_out_every_retry_and_dead_letter_queue() -> None:
+    # PromQL's =~ and !~ match the whole label value.
+    companions = re.fullmatch(r'queue!~"(.*)"', MAIN_QUEUES)
+    assert companions is not None
+    pattern = re.compile(companions.group(1))
+    delays = retry_delays_s(ServiceSettings())
+    for queue in QUEUES:
+        # A dead-letter queue with a consumer (report jobs') is still shown with the dead letters.
+        assert bool(pattern.fullmatch(queue.name)) == queue.name.endswith(".dlq"), queue.name
+        assert pattern.fullmatch(queue.dead_letter_queue)
+        for delay in delays:
+            assert pattern.fullmatch(queue.retry_queue(delay)), queue.retry_queue(delay)
