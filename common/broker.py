@@ -115,23 +115,19 @@ class Broker:
         deadline = time.monotonic() + self._settings.broker_connect_timeout_s
         while True:
             try:
-                # Bounded: a broker that accepts the socket but never finishes the handshake must not hang
-                # the start (or a test) for ever.
                 self._connection = await aio_pika.connect_robust(
                     self._settings.rabbitmq_url,
                     reconnect_interval=self._settings.broker_reconnect_interval_s,
                     client_properties={"connection_name": self.connection_name},
-                    timeout=self._settings.publish_timeout_s,
                 )
                 break
-            except (aiormq.exceptions.AMQPConnectionError, ConnectionError, OSError, TimeoutError) as exc:
+            except (aiormq.exceptions.AMQPConnectionError, ConnectionError, OSError) as exc:
                 if time.monotonic() >= deadline:
                     raise
                 log.warning("broker not reachable yet (%s); retrying", exc)
                 await asyncio.sleep(self._settings.broker_reconnect_interval_s)
-        async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
-            self._publish_channel = await self.open_channel(publisher_confirms=True)
-            self._exchanges = await declare_topology(self._publish_channel, self._exchange_specs, self._queue_specs)
+        self._publish_channel = await self.open_channel(publisher_confirms=True)
+        self._exchanges = await declare_topology(self._publish_channel, self._exchange_specs, self._queue_specs)
         log.info("connected to the broker and declared the topology", extra={"connection": self.connection_name})
 
     async def open_channel(self, *, publisher_confirms: bool = True) -> AbstractChannel:
