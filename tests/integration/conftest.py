@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Literal
 
 import pytest
@@ -111,3 +112,13 @@ def publish_ping(broker: Broker, test_queue: ConsumedQueue) -> PublishPing:
 
 async def ping_rows(database: Database, event_id: uuid.UUID) -> int:
     return int(await database.fetchval(COUNT_PINGS, event_id=str(event_id)))
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """A service built in process configures the process's logging, as it should; put the test run's back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
@@ -56,16 +55,6 @@ class FlakyTask:
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    """`create_service` configures the process's logging, as a service should; put the test run's back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 async def test_a_task_that_dies_is_started_again_after_growing_delays_and_counted() -> None:

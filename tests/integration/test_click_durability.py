@@ -14,9 +14,8 @@ raises when no confirm comes in time; the broker and the database stay real.
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -92,16 +91,6 @@ class Analytics:
 
     async def track(self, page: str) -> httpx.Response:
         return await self.client.post("/track_click", json={"user_id": 7, "page": page})
-
-
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    """The service configures the process's logging, as it should; put the test run's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture
