@@ -119,15 +119,23 @@ class Broker:
                     self._settings.rabbitmq_url,
                     reconnect_interval=self._settings.broker_reconnect_interval_s,
                     client_properties={"connection_name": self.connection_name},
+                    timeout=self._settings.broker_handshake_timeout_s,
                 )
                 break
-            except (aiormq.exceptions.AMQPConnectionError, ConnectionError, OSError) as exc:
+            except (aiormq.exceptions.AMQPConnectionError, ConnectionError, OSError, TimeoutError) as exc:
                 if time.monotonic() >= deadline:
-                    raise
-                log.warning("broker not reachable yet (%s); retrying", exc)
+                    raise BrokerUnavailable(
+                        f"no connection to the broker in {self._settings.broker_connect_timeout_s:g} s: {exc!r}"
+                    ) from exc
+                log.warning("broker not reachable yet (%r); retrying", exc)
                 await asyncio.sleep(self._settings.broker_reconnect_interval_s)
-        self._publish_channel = await self.open_channel(publisher_confirms=True)
-        self._exchanges = await declare_topology(self._publish_channel, self._exchange_specs, self._queue_specs)
+        try:
+            async with asyncio.timeout(max(self._settings.broker_handshake_timeout_s, deadline - time.monotonic())):
+                self._publish_channel = await self.open_channel(publisher_confirms=True)
+                self._exchanges = await declare_topology(self._publish_channel, self._exchange_specs, self._queue_specs)
+        except TimeoutError as exc:
+            await self._connection.close()
+            raise BrokerUnavailable("the broker took the connection but did not declare the topology in time") from exc
         log.info("connected to the broker and declared the topology", extra={"connection": self.connection_name})
 
     async def open_channel(self, *, publisher_confirms: bool = True) -> AbstractChannel:

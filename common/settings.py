@@ -48,6 +48,9 @@ class ServiceSettings(BaseSettings):
     publish_timeout_s: PositiveSeconds = 5.0
     broker_reconnect_interval_s: PositiveSeconds = 1.0
     broker_connect_timeout_s: PositiveSeconds = 60.0
+    # A broker that takes the socket but never answers (one out of file handles does exactly that) costs
+    # a retry, not a start that hangs for ever; RabbitMQ gives up on an unfinished handshake after 10 s.
+    broker_handshake_timeout_s: PositiveSeconds = 10.0
     shutdown_grace_s: PositiveSeconds = 10.0
 
     # --- transactional outbox -----------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import aio_pika
 import pytest
 
@@ -9,7 +12,8 @@ from common.broker import Broker, BrokerUnavailable, UnroutableMessage, encode_e
 from common.events import UserRegistered
 from common.settings import ServiceSettings
 from common.topology import PRODUCT_UPDATES, QUEUES, declare_topology
-from tests.integration.conftest import Ping
+from tests.integration.conftest import Ping, core_settings
+from tests.support.infra import Infra
 from tests.support.rabbitmq import Management
 
 pytestmark = pytest.mark.integration
@@ -90,3 +94,35 @@ async def test_publish_without_a_connection_is_refused(settings: ServiceSettings
         await never_connected.publish(UserRegistered(user_id=1, email="x@example.com"))
     with pytest.raises(BrokerUnavailable):
         await never_connected.open_channel()
+
+
+async def test_a_broker_that_takes_the_socket_but_never_answers_fails_the_connect_instead_of_hanging(
+    infra: Infra,
+) -> None:
+    """What RabbitMQ does when it is out of file handles: the socket is accepted, the handshake never
+    answered. Broker.connect retries within its deadline, then fails with the reason."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def take_and_ignore(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    silent = await asyncio.start_server(take_and_ignore, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    settings = core_settings(
+        infra,
+        rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{port}/",
+        broker_handshake_timeout_s=0.5,
+        broker_connect_timeout_s=1.5,
+        broker_reconnect_interval_s=0.1,
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(BrokerUnavailable, match=r"no connection to the broker in 1\.5 s"):
+            await Broker(settings).connect()
+    finally:
+        silent.close()
+        for writer in accepted:
+            writer.close()
+        await silent.wait_closed()
+    assert time.monotonic() - started < 5.0, "the connect must give up at its deadline"
+    assert len(accepted) >= 2, "a handshake that timed out is tried again on a new socket"

@@ -16,6 +16,9 @@ import httpx
 from devtools.provision import ProvisionSettings, admin_dsn, deprovision, management_client, provision
 
 RUN_PREFIX = "test_"
+# RabbitMQ reserves about three file handles per quorum queue, and one that has run out of them takes new
+# sockets without ever answering: the suite would hang, not fail. A run declares a few hundred queues.
+MIN_BROKER_FILE_LIMIT = 4096
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,19 @@ def _is_orphan(name: str) -> bool:
     return len(parts) == 3 and parts[0] + "_" == RUN_PREFIX and parts[1].isdigit() and not _pid_alive(int(parts[1]))
 
 
+async def check_broker_file_limit(base: ProvisionSettings) -> None:
+    async with management_client(base) as client:
+        response = await client.get("/api/nodes")
+        response.raise_for_status()
+    for node in response.json():
+        if node.get("fd_total", MIN_BROKER_FILE_LIMIT) < MIN_BROKER_FILE_LIMIT:
+            raise RuntimeError(
+                f"RabbitMQ node {node['name']} may open only {node['fd_total']} files; the suite's quorum queues"
+                f" need a limit of at least {MIN_BROKER_FILE_LIMIT}: restart it with a higher `ulimit -n`"
+                " (.ci/run shows how)"
+            )
+
+
 async def remove_orphans(base: ProvisionSettings) -> None:
     """Delete vhosts and databases left by runs that were killed before their teardown."""
     async with management_client(base) as client:
@@ -86,6 +102,7 @@ async def isolated_infra() -> AsyncIterator[Infra]:
     )
     try:
         await remove_orphans(base)
+        await check_broker_file_limit(base)
     except (httpx.HTTPError, OSError, asyncpg.PostgresError) as exc:
         raise RuntimeError(
             "the tests need RabbitMQ (with the management plugin) and PostgreSQL running locally: " + repr(exc)
