@@ -100,3 +100,18 @@ async def test_durations_use_the_fleet_latency_buckets(client: httpx.AsyncClient
         (("handler", "/shop/orders"), ("method", "POST"), ("status", "202")),
     )
     assert found[count_key] >= 1
+
+
+async def test_every_app_built_in_one_process_counts_its_requests() -> None:
+    """The series are process-wide: an app built after another (the tests build several) counts too."""
+    first, second = make_app(), make_app()
+    transports = [httpx.ASGITransport(app=app, raise_app_exceptions=False) for app in (first, second)]
+    async with (
+        httpx.AsyncClient(transport=transports[0], base_url="http://service") as first_client,
+        httpx.AsyncClient(transport=transports[1], base_url="http://service") as second_client,
+    ):
+        before = requests_of(await samples(second_client), "/shop/orders", "POST", "202")
+        assert (await first_client.post("/shop/orders")).status_code == 202
+        assert (await second_client.post("/shop/orders")).status_code == 202
+        after = requests_of(await samples(second_client), "/shop/orders", "POST", "202")
+    assert after - before == 2
