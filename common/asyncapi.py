@@ -50,8 +50,9 @@ def _queue_channel(queue: ConsumedQueue) -> dict[str, Any]:
         "address": queue.name,
         "title": queue.name,
         "description": (
-            f"{queue.description} Receives from {source}. Failed deliveries wait in `{queue.name}.retry.<delay>ms` "
-            f"(one queue per back-off delay) and end in `{queue.dead_letter_queue}` with the reason in "
+            f"{queue.description} Receives from {source}. Failed deliveries wait in the shared `retry.<delay>ms` "
+            f"tier of their back-off delay (routing key `{queue.name}`, which brings them back) and end in "
+            f"`{queue.dead_letter_queue}` with the reason in "
             f"`x-dead-letter-reason`; the broker dead-letters after {DELIVERY_LIMIT} redeliveries."
         ),
         "messages": {queue.event.type_name(): _message_ref(queue.event)},

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +27,16 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from common import metrics
 from common.events import Event
 from common.settings import ServiceSettings
-from common.topology import EXCHANGES, QUEUES, ConsumedQueue, Exchange, declare_topology, route_for_publisher
+from common.topology import (
+    EXCHANGES,
+    QUEUES,
+    ConsumedQueue,
+    Exchange,
+    declare_retry_tiers,
+    declare_topology,
+    retry_tier,
+    route_for_publisher,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +147,15 @@ class Broker:
             await self._connection.close()
             raise BrokerUnavailable("the broker took the connection but did not declare the topology in time") from exc
         log.info("connected to the broker and declared the topology", extra={"connection": self.connection_name})
+
+    async def declare_retry_tiers(self, delays_s: Iterable[float]) -> None:
+        """Declare the retry tiers of `delays_s` (idempotent; each consumer names those it uses) and keep
+        their exchanges for forwarding to them. The robust channel declares them again after a reconnect."""
+        if self._publish_channel is None:
+            raise BrokerUnavailable("not connected")
+        missing = [delay_s for delay_s in delays_s if retry_tier(delay_s) not in self._exchanges]
+        if missing:
+            self._exchanges.update(await declare_retry_tiers(self._publish_channel, missing))
 
     async def open_channel(self, *, publisher_confirms: bool = True) -> AbstractChannel:
         if self._connection is None:

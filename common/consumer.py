@@ -49,7 +49,7 @@ from common.outbox import UnitOfWork
 from common.runtime import Resources, Runtime
 from common.settings import ServiceSettings
 from common.sql import Connection, Statement
-from common.topology import ConsumedQueue, declare_queue, declare_retry_queues
+from common.topology import ConsumedQueue, declare_queue, retry_tier
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ class _QueueConsumer:
         self._channel = await self._runtime.broker.open_channel(publisher_confirms=True)
         await self._channel.set_qos(prefetch_count=self._prefetch_count)
         self._amqp_queue = await declare_queue(self._channel, self.queue)
-        await declare_retry_queues(self._channel, self.queue, retry_delays_s(self._runtime.settings))
+        await self._runtime.broker.declare_retry_tiers(retry_delays_s(self._runtime.settings))
         self._consumer_tag = await self._amqp_queue.consume(self._on_message, no_ack=False)
         log.info("consuming %s (prefetch %d)", self.queue.name, self._prefetch_count)
 
@@ -457,7 +457,7 @@ class _QueueConsumer:
         headers = self._forwarded_headers(message)
         headers[ATTEMPT_HEADER] = next_attempt
         headers[LAST_ERROR_HEADER] = _truncate(f"{type(error).__name__}: {error}")
-        await self._forward(message, headers, self.queue.retry_queue(delay_s))
+        await self._forward(message, headers, exchange=retry_tier(delay_s), routing_key=self.queue.name)
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str, error: BaseException) -> None:
         headers = self._forwarded_headers(message)
@@ -465,9 +465,11 @@ class _QueueConsumer:
         headers["x-dead-lettered-by"] = self._runtime.settings.service_name
         headers["x-original-queue"] = self.queue.name
         headers["x-exception-type"] = type(error).__name__
-        await self._forward(message, headers, self.queue.dead_letter_queue)
+        await self._forward(message, headers, exchange="", routing_key=self.queue.dead_letter_queue)
 
-    async def _forward(self, message: AbstractIncomingMessage, headers: dict[str, Any], queue_name: str) -> None:
+    async def _forward(
+        self, message: AbstractIncomingMessage, headers: dict[str, Any], *, exchange: str, routing_key: str
+    ) -> None:
         copy = aio_pika.Message(
             body=message.body,
             headers=headers,
@@ -481,7 +483,7 @@ class _QueueConsumer:
             timestamp=message.timestamp,
         )
         await self._runtime.broker.publish_message(
-            copy, exchange="", routing_key=queue_name, event_type_label=self._event_type
+            copy, exchange=exchange, routing_key=routing_key, event_type_label=self._event_type
         )
 
 

@@ -5,13 +5,16 @@ where each event type goes (and, for a type routed two ways, which events take w
 Consumers name a `ConsumedQueue`: `QUEUES` says which service consumes which queue and what event
 it carries.
 
-Every consumed queue `q` comes with companions:
-- `q.retry.<delay>ms`, one per back-off delay its consumer uses (declared by the consumer at its start,
-  from its retry settings): a failed message waits in the queue of its delay (a queue-wide TTL), then
-  the broker dead-letters it back into `q`. One queue per delay, because a queue expires messages
-  from its head only: a 0.5 s retry must never wait behind a 32 s one;
-- `q.dlq`: messages that must not be retried (malformed, schema-invalid, out of attempts, or
-  redelivered past the broker's delivery limit), each with the reason in its headers.
+Every consumed queue `q` has `q.dlq`: messages that must not be retried (malformed, schema-invalid,
+out of attempts, or redelivered past the broker's delivery limit), each with the reason in its headers.
+
+Retries wait in shared tiers, one per back-off delay the consumers use (declared at their start, from
+their retry settings): a failed message of `q` is published to the fanout exchange `retry.<delay>ms`
+with routing key `q`, waits in the queue `retry.<delay>ms` (a queue-wide TTL), and is dead-lettered to
+the default exchange under its own routing key: back into `q`. One tier per delay, because a queue
+expires messages from its head only (a 0.5 s retry must never wait behind a 32 s one), and shared by
+every queue, because each quorum queue costs the broker file handles and CPU of its own: per-queue
+tiers made a fleet of about 180 queues, these about 65.
 
 All queues are durable quorum queues: they survive broker restarts, count redeliveries
 (`x-delivery-limit` stops a message that crashes its consumer from looping forever), and
@@ -82,10 +85,6 @@ class ConsumedQueue:
     consumer: str
     exchange: Exchange
     description: str
-
-    def retry_queue(self, delay_s: float) -> str:
-        """The companion where a failed message waits `delay_s` before it returns to this queue."""
-        return f"{self.name}.retry.{retry_delay_ms(delay_s)}ms"
 
     @property
     def dead_letter_queue(self) -> str:
@@ -485,15 +484,21 @@ def retry_delay_ms(delay_s: float) -> int:
     return max(1, round(delay_s * 1000))
 
 
-def retry_queue_arguments(queue: ConsumedQueue, delay_s: float) -> dict[str, str | int]:
-    # Every message of the queue waits the same time, so they expire in the order they came: on expiry
-    # each returns to `queue`.
+def retry_tier(delay_s: float) -> str:
+    """The exchange, and the queue bound to it, where failed messages wait `delay_s` (the routing key they
+    are published with names the queue they go back to)."""
+    return f"retry.{retry_delay_ms(delay_s)}ms"
+
+
+def retry_tier_arguments(delay_s: float) -> dict[str, str | int]:
+    # Every message of the tier waits the same time, so they expire in the order they came. With no
+    # dead-letter routing key, each is dead-lettered under the routing key it was published with: the
+    # name of the queue it failed in.
     return {
         **_QUORUM,
         **_AT_LEAST_ONCE_DEAD_LETTERING,
         "x-message-ttl": retry_delay_ms(delay_s),
         "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": queue.name,
     }
 
 
@@ -527,14 +532,20 @@ async def declare_queue(channel: aio_pika.abc.AbstractChannel, queue: ConsumedQu
     return main
 
 
-async def declare_retry_queues(
-    channel: aio_pika.abc.AbstractChannel, queue: ConsumedQueue, delays_s: Iterable[float]
-) -> None:
-    """Declare the retry companions of `queue` for the back-off delays its consumer uses."""
+async def declare_retry_tiers(
+    channel: aio_pika.abc.AbstractChannel, delays_s: Iterable[float]
+) -> dict[str, aio_pika.abc.AbstractExchange]:
+    """Declare the retry tier of each delay (its exchange, its queue, the binding); return the exchanges."""
+    declared = {}
     for delay_s in sorted(set(delays_s)):
-        await channel.declare_queue(
-            queue.retry_queue(delay_s), durable=True, auto_delete=False, arguments=retry_queue_arguments(queue, delay_s)
+        name = retry_tier(delay_s)
+        exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True, auto_delete=False)
+        tier = await channel.declare_queue(
+            name, durable=True, auto_delete=False, arguments=retry_tier_arguments(delay_s)
         )
+        await tier.bind(exchange, routing_key="")
+        declared[name] = exchange
+    return declared
 
 
 async def declare_topology(

@@ -34,7 +34,8 @@ ACCEPT_ENDPOINTS = {
     "S6 track_click": ("analyticsservice", "POST", "/track_click"),
 }
 ACCEPT_HANDLERS = "|".join(handler for _, _, handler in ACCEPT_ENDPOINTS.values())
-MAIN_QUEUES = 'queue!~".*[.](retry[.].*|dlq)"'
+# Retry tiers are `retry.<delay>ms`; dead-letter queues end in `.dlq`.
+MAIN_QUEUES = 'queue!~"retry[.].*|.*[.]dlq"'
 
 
 @dataclass
@@ -236,8 +237,7 @@ def messaging() -> Dashboard:
                         "Waiting for a retry",
                         [
                             Query(
-                                "sum by (vhost, queue) "
-                                f'(rabbitmq_queue_messages{{{per_object}, queue=~".*[.]retry[.].*"}})',
+                                f'sum by (vhost, queue) (rabbitmq_queue_messages{{{per_object}, queue=~"retry[.].*"}})',
                                 "{{queue}} ({{vhost}})",
                             )
                         ],

@@ -15,7 +15,7 @@ from common.consumer import DEAD_LETTER_REASON_HEADER, CheckProcessedFirst, Cons
 from common.database import processed_events_table
 from common.runtime import Runtime
 from common.sql import Statement
-from common.topology import ConsumedQueue
+from common.topology import ConsumedQueue, retry_tier
 from tests.integration.conftest import INSERT_PING, Ping, PublishPing, ping_rows
 from tests.support.rabbitmq import Management
 from tests.support.waiting import eventually, stays
@@ -338,7 +338,7 @@ async def test_a_handler_outliving_the_grace_period_is_cut_off_and_its_message_r
     assert [message["properties"]["message_id"] for message in await management.peek(test_queue.name)] == [
         str(ping.event_id)
     ]
-    assert await management.peek(test_queue.retry_queue(runtime.settings.retry_base_delay_s)) == []
+    assert await management.peek(retry_tier(runtime.settings.retry_base_delay_s)) == []
 
 
 async def test_idempotency_records_are_pruned_after_the_retention_period(

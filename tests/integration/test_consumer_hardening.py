@@ -30,11 +30,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from common import metrics
-from common.broker import Broker
+from common.broker import Broker, encode_event
 from common.consumer import DEAD_LETTER_REASON_HEADER, Consumer, MessageContext
 from common.outbox import Outbox
 from common.runtime import Runtime
-from common.topology import ConsumedQueue
+from common.topology import DEFAULT_EXCHANGE, ConsumedQueue, declare_queue
 from devtools.provision import credentials_of
 from tests.integration.conftest import INSERT_PING, Ping, PublishPing, core_settings, ping_rows
 from tests.support.infra import Infra
@@ -141,6 +141,13 @@ class QueueAdmin:
         )
         response.raise_for_status()
 
+    async def bind(self, exchange: str, queue: str) -> None:
+        response = await self._client.post(
+            f"/api/bindings/{self._vhost}/e/{quote(exchange, safe='')}/q/{quote(queue, safe='')}",
+            json={"routing_key": ""},
+        )
+        response.raise_for_status()
+
     async def close(self) -> None:
         await self._client.aclose()
 
@@ -212,7 +219,7 @@ async def test_a_refused_forward_to_the_retry_queue_is_not_requeued_at_once_and_
     management: Management,
     queue_admin: QueueAdmin,
 ) -> None:
-    """While the broker refuses the retry copy (its retry queues are gone: the copy is returned as
+    """While the broker refuses the retry copy (the retry tiers' queues are gone: the copy is returned as
     unroutable), the delivery is held: its handler is not run again in a loop (towards the broker's
     delivery limit, which dead-letters without a reason). Once the retry queues are back, the retry
     goes through and the message is handled on its second attempt.
@@ -229,9 +236,7 @@ async def test_a_refused_forward_to_the_retry_queue_is_not_requeued_at_once_and_
 
     await start_consumer(fails_once)
     retry_queues = {
-        queue["name"]: queue["arguments"]
-        for queue in await management.queues()
-        if queue["name"].startswith(f"{test_queue.name}.retry")
+        queue["name"]: queue["arguments"] for queue in await management.queues() if queue["name"].startswith("retry.")
     }
     assert retry_queues
     for name in retry_queues:
@@ -246,6 +251,7 @@ async def test_a_refused_forward_to_the_retry_queue_is_not_requeued_at_once_and_
     finally:
         for name, arguments in retry_queues.items():
             await queue_admin.declare(name, arguments)
+            await queue_admin.bind(name, name)
 
     await eventually(lambda: ping_rows(runtime.database, ping.event_id), timeout=30, message="never retried")
     assert attempts == [1, 2]
@@ -292,6 +298,51 @@ async def test_a_short_retry_does_not_wait_behind_a_long_one(
     assert (first, second) == (1, 2)
     assert retried_at - failed_at < 10, "B's 0.2 s back-off took half of A's 20 s"
     assert [attempt for attempt, _ in calls["A"]] == [2], "A came back before its 20 s back-off"
+
+
+async def test_queues_that_share_a_retry_tier_each_get_their_own_messages_back(
+    runtime: Runtime, broker: Broker, management: Management
+) -> None:
+    """One `retry.<delay>ms` tier holds the retries of every queue: each copy goes back, by its routing
+    key, to the queue it failed in, and only there."""
+    queues = [
+        ConsumedQueue(f"coretest_tier_{name}_{secrets.token_hex(4)}", Ping, "coretest", DEFAULT_EXCHANGE, "test")
+        for name in ("left", "right")
+    ]
+    channel = await broker.open_channel()
+    for queue in queues:
+        await declare_queue(channel, queue)
+    await channel.close()
+    handled: dict[str, list[tuple[str, int]]] = {queue.name: [] for queue in queues}
+
+    def fails_once_for(queue: ConsumedQueue):
+        async def handle(event: Ping, ctx: MessageContext[Ping]) -> None:
+            handled[queue.name].append((event.note, ctx.attempt))
+            if ctx.attempt == 1:
+                raise RuntimeError("flaky downstream")
+
+        return handle
+
+    consumers = [Consumer(queue, fails_once_for(queue), runtime) for queue in queues]
+    for consumer in consumers:
+        await consumer.start()
+    try:
+        for queue in queues:
+            for n in range(3):
+                ping = Ping(note=f"{queue.name}-{n}")
+                await broker.publish_message(encode_event(ping, app_id="coretest"), exchange="", routing_key=queue.name)
+
+        def all_retried() -> bool:
+            return all(len(calls) == 6 for calls in handled.values())
+
+        await eventually(lambda: _true(all_retried()), timeout=15, message=f"not all retried: {handled}")
+        for queue in queues:
+            expected = {(f"{queue.name}-{n}", attempt) for n in range(3) for attempt in (1, 2)}
+            assert set(handled[queue.name]) == expected, "a retry came back to another queue"
+            assert await management.peek(queue.dead_letter_queue) == []
+    finally:
+        for consumer in consumers:
+            await consumer.stop(grace_s=5)
 
 
 # --- 4. What counts as a dependency failure -------------------------------------------------------
@@ -443,8 +494,17 @@ def _published_event_types() -> set[str]:
 
 
 def _published(event_type: str) -> float:
-    labels = {"exchange": "(default)", "event_type": event_type, "outcome": "confirmed"}
-    return REGISTRY.get_sample_value("messages_published_total", labels) or 0.0
+    """Confirmed publishes of `event_type` to any exchange (dead letters go to the default one, retry
+    copies to their tier's)."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        if family.name == "messages_published"
+        for sample in family.samples
+        if sample.name == "messages_published_total"
+        and sample.labels["event_type"] == event_type
+        and sample.labels["outcome"] == "confirmed"
+    )
 
 
 async def test_forwarded_copies_are_counted_under_the_queues_event_type_not_the_publishers(

@@ -13,7 +13,7 @@ import yaml
 
 from common.consumer import retry_delays_s
 from common.settings import ServiceSettings
-from common.topology import QUEUES
+from common.topology import QUEUES, retry_tier
 from devtools import dashboards, monitoring
 from devtools.dashboards import MAIN_QUEUES
 from devtools.fleet import SERVICES
@@ -97,4 +97,4 @@ def test_the_main_queue_filter_leaves_out_every_retry_and_dead_letter_queue() ->
         assert bool(pattern.fullmatch(queue.name)) == queue.name.endswith(".dlq"), queue.name
         assert pattern.fullmatch(queue.dead_letter_queue)
         for delay in delays:
-            assert pattern.fullmatch(queue.retry_queue(delay)), queue.retry_queue(delay)
+            assert pattern.fullmatch(retry_tier(delay)), retry_tier(delay)

@@ -46,9 +46,9 @@ def test_names_are_unique_including_companions() -> None:
     names = [
         name
         for q in QUEUES
-        for name in (q.name, q.retry_queue(0.5), q.retry_queue(2), q.dead_letter_queue)
+        for name in (q.name, q.dead_letter_queue)
         if not (name == q.name and topology.dead_letters_of(q) is not None)
-    ]
+    ] + [topology.retry_tier(0.5), topology.retry_tier(2)]
     assert [name for name, count in Counter(names).items() if count > 1] == []
 
 
@@ -113,12 +113,13 @@ def test_queue_arguments_wire_retry_and_dead_letter_paths() -> None:
     assert main["x-dead-letter-routing-key"] == "user_registered_queue.dlq"
     assert main["x-dead-letter-strategy"] == "at-least-once"
     assert main["x-delivery-limit"] == topology.DELIVERY_LIMIT
-    retry = topology.retry_queue_arguments(queue, 0.5)
-    assert retry["x-dead-letter-routing-key"] == "user_registered_queue", "expired retries go back to the queue"
+    retry = topology.retry_tier_arguments(0.5)
+    assert retry["x-dead-letter-exchange"] == ""
+    assert "x-dead-letter-routing-key" not in retry, "expired retries go back under their own routing key"
     assert retry["x-dead-letter-strategy"] == "at-least-once"
-    assert retry["x-message-ttl"] == 500, "every message of a retry queue waits the same time"
-    assert queue.retry_queue(0.5) == "user_registered_queue.retry.500ms"
-    assert queue.retry_queue(32) == "user_registered_queue.retry.32000ms"
+    assert retry["x-message-ttl"] == 500, "every message of a retry tier waits the same time"
+    assert topology.retry_tier(0.5) == "retry.500ms"
+    assert topology.retry_tier(32) == "retry.32000ms"
     assert topology.dead_letter_queue_arguments(queue) == {"x-queue-type": "quorum"}
 
 
