@@ -5,7 +5,8 @@ Reliability settings are all explicit here, because aio-pika's defaults are not 
 - the publishing channel waits for publisher confirms and uses `mandatory=True` with
   `on_return_raises=True`, so an unroutable message raises instead of vanishing;
 - the connection is robust: after a broker restart or a forced close it reconnects every
-  `broker_reconnect_interval_s` and restores channels, queues and consumers by itself;
+  `broker_reconnect_interval_s` and restores channels, queues and consumers by itself; given other
+  nodes of a cluster (`rabbitmq_failover_urls`), it moves on to the next one while it is down;
 - publishing while disconnected raises `BrokerUnavailable` at once instead of hanging.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from yarl import URL
 
 from common import metrics
 from common.events import Event
@@ -42,6 +44,12 @@ log = logging.getLogger(__name__)
 
 PUBLISHED_AT_HEADER = "x-published-at-ms"
 CONTENT_TYPE = "application/json"
+
+
+def _address(url: str) -> str:
+    """host:port of a broker URL, for logs (never the credentials)."""
+    parsed = URL(url)
+    return f"{parsed.host}:{parsed.port}"
 
 
 class BrokerUnavailable(Exception):
@@ -104,6 +112,7 @@ class Broker:
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
+        self._failover: asyncio.Task[None] | None = None
 
     @property
     def connection_name(self) -> str:
@@ -123,10 +132,14 @@ class Broker:
     async def connect(self) -> None:
         """Connect (waiting up to `broker_connect_timeout_s` for the broker) and declare the topology."""
         deadline = time.monotonic() + self._settings.broker_connect_timeout_s
+        urls = self._settings.rabbitmq_urls
+        attempt = 0
         while True:
+            url = urls[attempt % len(urls)]
+            attempt += 1
             try:
                 self._connection = await aio_pika.connect_robust(
-                    self._settings.rabbitmq_url,
+                    url,
                     reconnect_interval=self._settings.broker_reconnect_interval_s,
                     client_properties={"connection_name": self.connection_name},
                     timeout=self._settings.broker_handshake_timeout_s,
@@ -137,7 +150,9 @@ class Broker:
                     raise BrokerUnavailable(
                         f"no connection to the broker in {self._settings.broker_connect_timeout_s:g} s: {exc!r}"
                     ) from exc
-                log.warning("broker not reachable yet (%r); retrying", exc)
+                log.warning("broker at %s not reachable yet (%r); retrying", _address(url), exc)
+                if attempt % len(urls):
+                    continue  # the next node at once; after a round of them, wait
                 await asyncio.sleep(self._settings.broker_reconnect_interval_s)
         try:
             async with asyncio.timeout(max(self._settings.broker_handshake_timeout_s, deadline - time.monotonic())):
@@ -146,7 +161,29 @@ class Broker:
         except TimeoutError as exc:
             await self._connection.close()
             raise BrokerUnavailable("the broker took the connection but did not declare the topology in time") from exc
-        log.info("connected to the broker and declared the topology", extra={"connection": self.connection_name})
+        if len(urls) > 1:
+            self._failover = asyncio.create_task(
+                self._fail_over_while_down(self._connection, urls, (attempt - 1) % len(urls)),
+                name="broker-failover",
+            )
+        log.info(
+            "connected to the broker at %s and declared the topology",
+            _address(url),
+            extra={"connection": self.connection_name},
+        )
+
+    async def _fail_over_while_down(self, connection: AbstractRobustConnection, urls: list[str], current: int) -> None:
+        """The robust connection reconnects to the address it has: while it is down, point it at the next
+        node every reconnect interval, so losing a node costs a reconnect, not an outage."""
+        while True:
+            await asyncio.sleep(self._settings.broker_reconnect_interval_s)
+            if connection.is_closed:
+                return
+            if connection.connected.is_set():
+                continue
+            current = (current + 1) % len(urls)
+            connection.url = URL(urls[current])
+            log.warning("broker connection down; the next attempt goes to %s", _address(urls[current]))
 
     async def declare_retry_tiers(self, delays_s: Iterable[float]) -> None:
         """Declare the retry tiers of `delays_s` (idempotent; each consumer names those it uses) and keep
@@ -163,6 +200,9 @@ class Broker:
         return await self._connection.channel(publisher_confirms=publisher_confirms, on_return_raises=True)
 
     async def close(self) -> None:
+        if self._failover is not None:
+            self._failover.cancel()
+            self._failover = None
         if self._connection is not None:
             await self._connection.close()
             self._connection = None

@@ -25,6 +25,9 @@ class ServiceSettings(BaseSettings):
     # --- infrastructure ---------------------------------------------------------------------
     # The vhost is part of the URL, so one broker can host the dev fleet and isolated test runs.
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/fleet"
+    # Other nodes of the same cluster, tried in turn after RABBITMQ_URL (comma-separated URLs, each with
+    # the vhost): a connection that is lost, or not made again within a reconnect interval, moves on.
+    rabbitmq_failover_urls: str = ""
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/fleet"
 
     # Ten services share one PostgreSQL (max_connections=100 by default): 10 x 6 = 60 at most, which
@@ -81,6 +84,12 @@ class ServiceSettings(BaseSettings):
         if self.outbox_dispatch_claim_s <= self.publish_timeout_s + 1.0:
             raise ValueError("OUTBOX_DISPATCH_CLAIM_S must exceed PUBLISH_TIMEOUT_S by more than a second")
         return self
+
+    @property
+    def rabbitmq_urls(self) -> list[str]:
+        """Every broker address, RABBITMQ_URL first."""
+        others = (url.strip() for url in self.rabbitmq_failover_urls.split(","))
+        return [self.rabbitmq_url, *(url for url in others if url)]
 
     @field_validator("database_url")
     @classmethod

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import aio_pika
 import pytest
+from yarl import URL
 
 from common.broker import Broker, BrokerUnavailable, UnroutableMessage, encode_event
 from common.events import UserRegistered
@@ -15,6 +17,8 @@ from common.topology import PRODUCT_UPDATES, QUEUES, declare_topology
 from tests.integration.conftest import Ping, core_settings
 from tests.support.infra import Infra
 from tests.support.rabbitmq import Management
+from tests.support.tcp_proxy import TcpRelay
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +130,61 @@ async def test_a_broker_that_takes_the_socket_but_never_answers_fails_the_connec
         await silent.wait_closed()
     assert time.monotonic() - started < 5.0, "the connect must give up at its deadline"
     assert len(accepted) >= 2, "a handshake that timed out is tried again on a new socket"
+
+
+def _node_url(infra: Infra, port: int) -> str:
+    return str(URL(infra.rabbitmq_url).with_port(port))
+
+
+async def test_a_node_that_is_down_at_the_start_is_skipped_for_the_next(infra: Infra) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead_port = unused.getsockname()[1]  # closed again: nothing listens there
+    settings = core_settings(infra, rabbitmq_url=_node_url(infra, dead_port), rabbitmq_failover_urls=infra.rabbitmq_url)
+    broker = Broker(settings)
+    started = time.monotonic()
+    await broker.connect()
+    try:
+        assert broker.is_connected
+        assert time.monotonic() - started < settings.broker_reconnect_interval_s + 5
+    finally:
+        await broker.close()
+
+
+async def test_losing_the_node_it_is_connected_to_moves_the_connection_to_the_next_one(
+    infra: Infra, test_queue, management: Management
+) -> None:
+    """Node A is a relay to the broker that the test takes away; node B is the broker itself. Publishing
+    works through A, fails while the connection is down, and works again through B."""
+    broker_url = URL(infra.rabbitmq_url)
+    node_a = TcpRelay(broker_url.host or "127.0.0.1", broker_url.port or 5672)
+    await node_a.start()
+    settings = core_settings(
+        infra,
+        rabbitmq_url=_node_url(infra, node_a.port),
+        rabbitmq_failover_urls=infra.rabbitmq_url,
+        broker_reconnect_interval_s=0.2,
+    )
+    broker = Broker(settings)
+    await broker.connect()
+    try:
+        before = Ping(note="through node A")
+        await broker.publish_message(encode_event(before, app_id="coretest"), exchange="", routing_key=test_queue.name)
+        await node_a.stop()
+
+        async def published_again() -> Ping | None:
+            after = Ping(note="through node B")
+            try:
+                await broker.publish_message(
+                    encode_event(after, app_id="coretest"), exchange="", routing_key=test_queue.name
+                )
+            except BrokerUnavailable:
+                return None
+            return after
+
+        after = await eventually(published_again, timeout=20, message="never reconnected to node B")
+        ids = {message["properties"]["message_id"] for message in await management.take(test_queue.name, count=10)}
+        assert ids == {str(before.event_id), str(after.event_id)}
+    finally:
+        await broker.close()
+        await node_a.stop()
