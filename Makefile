@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test lint format procfile docs monitoring kubernetes lock clean bench faults
+.PHONY: help venv run test lint format procfile docs monitoring kubernetes lock clean bench faults cluster
 
 # The Docker path (docker-compose-async.yml); credentials from .env (see .env.example).
 # `make up UP_ARGS="--scale emailservice=3"`, `make logs SERVICE=emailservice`, `make load PROFILE=smoke`
@@ -30,6 +30,7 @@ help:
 	@echo "make load   - run the k6 load test inside the compose network (PROFILE=smoke|default|stress)"
 	@echo "make test   - lint, then run the whole test suite (unit, integration, end-to-end)"
 	@echo "make faults - the fault-injection suite alone; rewrites docs/fault-injection-report.md"
+	@echo "make cluster - a 3-node RabbitMQ cluster on this machine (free ports, .cluster/); prints how to run the fleet on it"
 	@echo "make bench  - measure the fleet on this machine (a few minutes); writes docs/bench/ and README.md"
 	@echo "make lint   - ruff"
 	@echo "make docs   - regenerate docs/asyncapi.json and the README diagram from the topology"
@@ -55,6 +56,10 @@ run: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	PATH="$(BIN):$$PATH" $(BIN)/python -m bench $(BENCH_ARGS)
+
+# Three clustered RabbitMQ nodes of their own (the machine's broker is left alone), until Ctrl-C.
+cluster: $(STAMP)
+	$(BIN)/python -m devtools.rabbitmq_nodes
 
 # The fault-injection suite on its own (it is part of `make test` too), keeping its table in docs/.
 faults: $(STAMP)

@@ -11,22 +11,16 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
-import subprocess
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-import httpx
 
 from devtools.provision import provision
-from tests.support.fleet import free_port
+from devtools.rabbitmq_nodes import RabbitNode, free_port, run
 from tests.support.infra import Infra
 
-RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")  # the scripts themselves, without Debian's switch to the rabbitmq user
-START_TIMEOUT_S = 90.0
 VHOST = "faults"
 DATABASE = "faults"
 
@@ -41,103 +35,6 @@ def _as_postgres_user() -> list[str]:
     return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
 
-async def _run(*command: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> str:
-    process = await asyncio.create_subprocess_exec(
-        *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), timeout)
-    text = output.decode(errors="replace")
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}:\n{text}")
-    return text
-
-
-class PrivateRabbitMQ:
-    """One RabbitMQ node (management and prometheus plugins on) that the suite may stop and start."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.amqp_port = free_port()
-        self.management_port = free_port()
-        self.prometheus_port = free_port()
-        self.node = f"faults{os.getpid()}@localhost"
-        self._process: subprocess.Popen[bytes] | None = None
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "rabbitmq-env.conf").write_text("")  # keep Debian's NODENAME out of it
-        (root / "enabled_plugins").write_text("[rabbitmq_management,rabbitmq_prometheus].\n")
-        (root / "rabbitmq.conf").write_text(
-            f"listeners.tcp.local = 127.0.0.1:{self.amqp_port}\n"
-            f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
-            f"prometheus.tcp.ip = 127.0.0.1\nprometheus.tcp.port = {self.prometheus_port}\n"
-            # Queue figures in the management API every half second, not every five, for the reconciliation.
-            "collect_statistics_interval = 500\n"
-        )
-
-    @property
-    def management_url(self) -> str:
-        return f"http://127.0.0.1:{self.management_port}"
-
-    def _environment(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "HOME": str(self.root),  # its own Erlang cookie, shared by the node and rabbitmqctl
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_CONF_ENV_FILE": str(self.root / "rabbitmq-env.conf"),
-            "RABBITMQ_CONFIG_FILE": str(self.root / "rabbitmq"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.root / "enabled_plugins"),
-            "RABBITMQ_MNESIA_BASE": str(self.root / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.root / "log"),
-            "RABBITMQ_PID_FILE": str(self.root / "rabbitmq.pid"),
-            "RABBITMQ_DIST_PORT": str(free_port()),
-            "ERL_EPMD_ADDRESS": "127.0.0.1",
-        }
-
-    async def start(self) -> None:
-        """Start the node and wait until its management API answers (the broker then takes connections)."""
-        log = (self.root / "server.log").open("ab")
-        self._process = subprocess.Popen(
-            [str(RABBITMQ_BIN / "rabbitmq-server")],
-            env=self._environment(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        async with httpx.AsyncClient(auth=("guest", "guest"), timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self._process.poll() is not None:
-                    raise RuntimeError(f"RabbitMQ exited: {(self.root / 'server.log').read_text()[-3000:]}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.management_url}/api/overview")).status_code == 200:
-                        return
-                await asyncio.sleep(0.2)
-        raise RuntimeError("the private RabbitMQ node did not start")
-
-    async def stop(self) -> None:
-        """A clean node shutdown, as `systemctl restart rabbitmq-server` begins with."""
-        if self._process is None or self._process.poll() is not None:
-            return
-        await _run(str(RABBITMQ_BIN / "rabbitmqctl"), "-q", "-n", self.node, "stop", env=self._environment())
-        await self._reap()
-
-    async def kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGKILL)
-            await self._reap()
-
-    async def _reap(self) -> None:
-        assert self._process is not None
-        deadline = time.monotonic() + 30
-        while self._process.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        if self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGKILL)
-            self._process.wait()
-        # epmd may still list the node for a moment; the next start waits for the listener anyway.
-
-
 class PrivatePostgres:
     """One PostgreSQL cluster that the suite may crash (`pg_ctl stop -m immediate`) and start again."""
 
@@ -150,7 +47,7 @@ class PrivatePostgres:
         self.root.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
-        await _run(
+        await run(
             *_as_postgres_user(),
             str(_postgres_bin() / "initdb"),
             "-D",
@@ -164,7 +61,7 @@ class PrivatePostgres:
 
     async def start(self) -> None:
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c max_connections=200 -c fsync=off"
-        await _run(
+        await run(
             *_as_postgres_user(),
             str(_postgres_bin() / "pg_ctl"),
             "-D",
@@ -185,7 +82,7 @@ class PrivatePostgres:
         await self._stop("fast")
 
     async def _stop(self, mode: str) -> None:
-        await _run(*_as_postgres_user(), str(_postgres_bin() / "pg_ctl"), "-D", str(self.data), "-m", mode, "stop")
+        await run(*_as_postgres_user(), str(_postgres_bin() / "pg_ctl"), "-D", str(self.data), "-m", mode, "stop")
 
     async def accepts_connections(self) -> bool:
         try:
@@ -199,14 +96,14 @@ class PrivatePostgres:
 @dataclass(frozen=True)
 class PrivateInfra:
     infra: Infra
-    rabbitmq: PrivateRabbitMQ
+    rabbitmq: RabbitNode
     postgres: PrivatePostgres
 
 
 @contextlib.asynccontextmanager
 async def private_infra(root: Path) -> AsyncIterator[PrivateInfra]:
     shutil.rmtree(root, ignore_errors=True)
-    rabbitmq = PrivateRabbitMQ(root / "rabbitmq")
+    rabbitmq = RabbitNode(root / "rabbitmq", name=f"faults{os.getpid()}")
     postgres = PrivatePostgres(root / "postgres")
     try:
         await postgres.init()
