@@ -50,7 +50,8 @@ from bench.ledger import (
 from bench.render import render_outputs
 from devtools.fleet import SERVICES
 from devtools.provision import admin_dsn, credentials_of
-from tests.support.fleet import Fleet, free_port
+from devtools.rabbitmq_nodes import free_port
+from tests.support.fleet import Fleet
 from tests.support.infra import Infra, isolated_infra
 from tests.support.k6 import FLEET_SCRIPT, K6_SCRIPTS, run_k6, service_urls
 from tests.support.metrics import sample

@@ -179,6 +179,11 @@ class LocalCluster:
             await node.ctl("join_cluster", first.node)
             await node.ctl("start_app")
 
+    async def add_vhost(self, vhost: str) -> None:
+        async with httpx.AsyncClient(auth=("guest", "guest"), timeout=10.0) as client:
+            response = await client.put(f"{self.nodes[0].management_url}/api/vhosts/{vhost}")
+            response.raise_for_status()
+
     async def close(self) -> None:
         await asyncio.gather(*(node.kill() for node in self.nodes))
 
@@ -195,9 +200,7 @@ async def local_cluster(root: Path) -> AsyncIterator[LocalCluster]:
 
 async def _serve_cluster(root: Path, vhost: str) -> None:
     async with local_cluster(root) as cluster:
-        async with httpx.AsyncClient(auth=("guest", "guest"), timeout=10.0) as client:
-            response = await client.put(f"{cluster.nodes[0].management_url}/api/vhosts/{vhost}")
-            response.raise_for_status()
+        await cluster.add_vhost(vhost)
         first, *others = cluster.amqp_urls(vhost)
         print("A 3-node RabbitMQ cluster is running (Ctrl-C stops it). Start the fleet on it with:", flush=True)
         print(

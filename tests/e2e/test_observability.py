@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from devtools import dashboards, monitoring
-from tests.support.fleet import Fleet, free_port
+from devtools.rabbitmq_nodes import free_port
+from tests.support.fleet import Fleet
 from tests.support.infra import Infra
 from tests.support.waiting import eventually
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
@@ -25,9 +24,7 @@ VHOST = "cluster"
 async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalCluster]:
     root: Path = tmp_path_factory.mktemp("rabbitmq-cluster")
     async with local_cluster(root) as running:
-        async with httpx.AsyncClient(auth=("guest", "guest"), timeout=10.0) as client:
-            response = await client.put(f"{running.nodes[0].management_url}/api/vhosts/{VHOST}")
-            response.raise_for_status()
+        await running.add_vhost(VHOST)
         yield running
 
 
@@ -36,23 +33,6 @@ async def _queues(management_url: str) -> dict[str, dict[str, Any]]:
         response = await client.get(f"{management_url}/api/queues/{VHOST}")
         response.raise_for_status()
     return {queue["name"]: queue for queue in response.json()}
-
-
-async def _running_nodes(management_url: str) -> set[str]:
-    async with httpx.AsyncClient(auth=("guest", "guest"), timeout=10.0) as client:
-        response = await client.get(f"{management_url}/api/nodes")
-        response.raise_for_status()
-    return {node["name"] for node in response.json() if node.get("running")}
-
-
-async def _take_all(management_url: str, queue: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(auth=("guest", "guest"), timeout=30.0) as client:
-        response = await client.post(
-            f"{management_url}/api/queues/{VHOST}/{quote(queue, safe='')}/get",
-            json={"count": 10_000, "ackmode": "ack_requeue_false", "encoding": "auto"},
-        )
-        response.raise_for_status()
-    return response.json()
 
 
 async def test_every_queue_has_a_replica_on_each_node(cluster: LocalCluster) -> None:

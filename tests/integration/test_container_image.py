@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from devtools.fleet import SERVICES, SERVICES_BY_NAME
+from devtools.rabbitmq_nodes import free_port
 from tests.support.containers import (
     ROOT,
     build_context,
@@ -33,7 +34,6 @@ from tests.support.containers import (
     environment_of,
     load_compose,
 )
-from tests.support.fleet import free_port
 from tests.support.infra import Infra
 
 pytestmark = pytest.mark.integration

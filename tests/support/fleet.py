@@ -22,16 +22,11 @@ from pathlib import Path
 import httpx
 
 from devtools.fleet import SERVICES, SERVICES_BY_NAME, ServiceSpec
+from devtools.rabbitmq_nodes import free_port
 from tests.support.infra import Infra
 
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def port_is_free(port: int) -> bool:
