@@ -7,12 +7,14 @@ Reliability settings are all explicit here, because aio-pika's defaults are not 
 - the connection is robust: after a broker restart or a forced close it reconnects every
   `broker_reconnect_interval_s` and restores channels, queues and consumers by itself; given other
   nodes of a cluster (`rabbitmq_failover_urls`), it moves on to the next one while it is down;
-- publishing while disconnected raises `BrokerUnavailable` at once instead of hanging.
+- publishing while disconnected raises `BrokerUnavailable` at once instead of hanging;
+- a nacked publish trades the publishing channel for a new one (see `_renew_publish_channel`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -113,6 +115,9 @@ class Broker:
         self._publish_channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._failover: asyncio.Task[None] | None = None
+        self._retry_delays_s: set[float] = set()
+        self._channel_renewed_at = float("-inf")
+        self._renewals: set[asyncio.Task[None]] = set()
 
     @property
     def connection_name(self) -> str:
@@ -190,6 +195,8 @@ class Broker:
         their exchanges for forwarding to them. The robust channel declares them again after a reconnect."""
         if self._publish_channel is None:
             raise BrokerUnavailable("not connected")
+        delays_s = set(delays_s)
+        self._retry_delays_s |= delays_s
         missing = [delay_s for delay_s in delays_s if retry_tier(delay_s) not in self._exchanges]
         if missing:
             self._exchanges.update(await declare_retry_tiers(self._publish_channel, missing))
@@ -199,7 +206,45 @@ class Broker:
             raise BrokerUnavailable("not connected")
         return await self._connection.channel(publisher_confirms=publisher_confirms, on_return_raises=True)
 
+    def _renew_publish_channel_soon(self) -> None:
+        """At most once per reconnect interval, however many publishes are nacked meanwhile."""
+        recently = time.monotonic() - self._channel_renewed_at < self._settings.broker_reconnect_interval_s
+        if self._connection is None or recently:
+            return
+        self._channel_renewed_at = time.monotonic()
+        renewal = asyncio.create_task(self._renew_publish_channel(), name="broker-publish-channel-renewal")
+        self._renewals.add(renewal)
+        renewal.add_done_callback(self._renewals.discard)
+
+    async def _renew_publish_channel(self) -> None:
+        """Publish on a new channel from now on; close the old one once its pending confirms had their time.
+
+        A RabbitMQ 3.10 channel that first publishes to a quorum queue while the queue's leader is gone (a
+        node lost, the connection moved to another) keeps addressing the dead leader: the broker nacks every
+        later publish to that queue on that channel for half a minute or more, while a channel opened after
+        the new leader's election publishes at once (measured with `make cluster`; the cluster faults in
+        tests/faults/test_cluster.py fail without this). A nack is otherwise rare (a queue refusing
+        publishes), so a new channel costs nothing on the usual path. The new channel declares what the
+        old one did, so a reconnect to a node that lost its definitions restores them as before."""
+        old = self._publish_channel
+        try:
+            async with asyncio.timeout(self._settings.publish_timeout_s):
+                channel = await self.open_channel(publisher_confirms=True)
+                exchanges = await declare_topology(channel, self._exchange_specs, self._queue_specs)
+                exchanges.update(await declare_retry_tiers(channel, self._retry_delays_s))
+        except (aiormq.exceptions.AMQPError, ConnectionError, TimeoutError, BrokerUnavailable) as exc:
+            log.warning("could not open a new publishing channel after a nack (%r); the next nack tries again", exc)
+            return
+        self._publish_channel, self._exchanges = channel, exchanges
+        log.warning("the broker nacked a publish: publishing on a new channel")
+        if old is not None:
+            await asyncio.sleep(self._settings.publish_timeout_s)
+            with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+                await old.close()
+
     async def close(self) -> None:
+        for renewal in list(self._renewals):
+            renewal.cancel()
         if self._failover is not None:
             self._failover.cancel()
             self._failover = None
@@ -237,6 +282,7 @@ class Broker:
             ) from exc
         except aiormq.exceptions.DeliveryError as exc:
             outcome = "nacked"
+            self._renew_publish_channel_soon()
             raise BrokerUnavailable(f"the broker refused {message.type}: {exc}") from exc
         except (
             aiormq.exceptions.ChannelInvalidStateError,

@@ -173,7 +173,9 @@ class LocalCluster:
     async def start(self) -> None:
         """Start every node; the others join the first."""
         first, *others = self.nodes
-        await asyncio.gather(*(node.start() for node in self.nodes))
+        async with asyncio.TaskGroup() as starting:  # one node failing to start stops the others starting
+            for node in self.nodes:
+                starting.create_task(node.start())
         for node in others:
             await node.ctl("stop_app")
             await node.ctl("join_cluster", first.node)

@@ -97,7 +97,7 @@ class Fleet:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.update(self._environment)
         env.update(self._overrides.get(name, {}))
-        env["RABBITMQ_URL"] = self.infra.rabbitmq_url
+        env["RABBITMQ_URL"], env["RABBITMQ_FAILOVER_URLS"] = self._broker_addresses(name)
         env["DATABASE_URL"] = self.infra.database_url
         env["PYTHONUNBUFFERED"] = "1"
         for service_name, port in self.ports.items():
@@ -105,6 +105,15 @@ class Fleet:
                 env[SERVICES_BY_NAME[service_name].port_variable] = str(port)
         env[self.services[name].port_variable] = str(self.ports[name])  # a replica's own port
         return env
+
+    def _broker_addresses(self, name: str) -> tuple[str, str]:
+        """(first node, the others) for service `name`: on a cluster the services are spread over the nodes,
+        as a load balancer in front of them would, so losing one node costs only some of them their
+        connection."""
+        urls = (self.infra.rabbitmq_url, *self.infra.rabbitmq_failover_urls)
+        shift = list(self.services).index(name) % len(urls)
+        first, *others = urls[shift:] + urls[:shift]
+        return first, ",".join(others)
 
     def add_replica(self, name: str) -> str:
         """Register one more instance of service `name` (same vhost and database, a port of its own) and

@@ -28,6 +28,8 @@ class Infra:
     management_url: str
     vhost: str
     database: str
+    # The other nodes of a cluster, which services fail over to (RABBITMQ_FAILOVER_URLS).
+    rabbitmq_failover_urls: tuple[str, ...] = ()
 
     def provision_settings(self) -> ProvisionSettings:
         return ProvisionSettings(
