@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 
 # The Docker path (docker-compose-async.yml); credentials from .env (see .env.example).
 # `make up UP_ARGS="--scale emailservice=3"`, `make logs SERVICE=emailservice`, `make load PROFILE=smoke`
-.PHONY: up down logs load
+.PHONY: up up-cluster down logs load
 COMPOSE := docker compose -f docker-compose-async.yml
 UP_ARGS ?=
 SERVICE ?=
@@ -25,6 +25,7 @@ PROFILE ?= default
 help:
 	@echo "make run    - start all ten services (honcho) against the local RabbitMQ and PostgreSQL"
 	@echo "make up     - build the images and start the whole stack in Docker, waiting until it is healthy"
+	@echo "make up-cluster - the same stack on a 3-node RabbitMQ cluster (compose profile \`cluster\`)"
 	@echo "make down   - stop and remove the stack's containers (its data volumes stay)"
 	@echo "make logs   - follow the stack's logs (SERVICE=emailservice for one service)"
 	@echo "make load   - run the k6 load test inside the compose network (PROFILE=smoke|default|stress)"
@@ -107,8 +108,19 @@ lock:
 up:
 	$(COMPOSE) up -d --build --wait $(UP_ARGS)
 
+# The same stack on three RabbitMQ nodes (the compose `cluster` profile); the services fail over between
+# them. The URLs carry the compose defaults' credentials: with others in .env, pass RABBITMQ_USER=...
+# RABBITMQ_PASSWORD=... RABBITMQ_VHOST=... to make as well.
+RABBITMQ_USER ?= guest
+RABBITMQ_PASSWORD ?= guest
+RABBITMQ_VHOST ?= fleet
+CLUSTER_NODE_URL = amqp://$(RABBITMQ_USER):$(RABBITMQ_PASSWORD)@$(1):5672/$(RABBITMQ_VHOST)
+up-cluster:
+	RABBITMQ_FAILOVER_URLS=$(call CLUSTER_NODE_URL,rabbitmq-2),$(call CLUSTER_NODE_URL,rabbitmq-3) \
+	  $(COMPOSE) --profile cluster up -d --build --wait $(UP_ARGS)
+
 down:
-	$(COMPOSE) --profile load down --remove-orphans
+	$(COMPOSE) --profile load --profile cluster down --remove-orphans
 
 logs:
 	$(COMPOSE) logs -f --tail=100 $(SERVICE)

@@ -44,7 +44,8 @@ from tests.support.containers import (
     read_env_file,
 )
 
-INFRASTRUCTURE = {"postgres", "rabbitmq"}
+CLUSTER_NODES = ("rabbitmq", "rabbitmq-2", "rabbitmq-3")  # the first runs without the `cluster` profile too
+INFRASTRUCTURE = {"postgres", *CLUSTER_NODES}
 MONITORING = {"gateway", "prometheus", "grafana", "cadvisor", "k6"}
 # The consumers the design document scales out, with the replicas the connection budget must allow.
 SCALED_REPLICAS = {"emailservice": 3, "reportservice": 3, "analyticsservice": 3}
@@ -264,6 +265,106 @@ def test_rabbitmq_has_the_management_and_prometheus_plugins(services: dict[str, 
     assert rabbitmq["hostname"] == "rabbitmq"  # node name stable across restarts of the data volume
 
 
+# --- the `cluster` profile: three RabbitMQ nodes -------------------------------------------------------
+
+
+def _rabbitmq_conf(path: str) -> dict[str, str]:
+    """A rabbitmq.conf (sysctl format) as keys and values."""
+    entries = {}
+    for raw in (ROOT / path.removeprefix("./")).read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            entries[key.strip()] = value.strip()
+    return entries
+
+
+def _mounted_conf_files(service: dict[str, Any]) -> dict[str, str]:
+    """Host file -> container path of each file mounted into /etc/rabbitmq/conf.d/."""
+    mounts = {}
+    for volume in service["volumes"]:
+        source, target, *_ = volume.split(":")
+        if target.startswith("/etc/rabbitmq/conf.d/"):
+            mounts[source] = target
+    return mounts
+
+
+def test_docker_compose_accepts_the_cluster_profile(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [required_tool("docker-compose"), "-f", str(COMPOSE_FILE), "--profile", "cluster", "config"],
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stderr, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]
+    assert {name: resolved[name]["hostname"] for name in CLUSTER_NODES} == {name: name for name in CLUSTER_NODES}
+    for name in CLUSTER_NODES[1:]:
+        assert resolved[name]["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
+        assert not resolved[name].get("ports"), f"{name} would clash with rabbitmq's host ports"
+
+
+def test_cluster_nodes_are_one_recipe_with_their_own_data(services: dict[str, dict[str, Any]]) -> None:
+    first, *others = (services[name] for name in CLUSTER_NODES)
+    assert all(services[name].get("profiles") == ["cluster"] for name in CLUSTER_NODES[1:])
+    assert "profiles" not in first  # one node without the profile: `make up` as before
+    for node in others:
+        assert node["image"] == first["image"]
+        assert environment_of(node) == environment_of(first)  # the same cookie, user and vhost
+        assert node["healthcheck"] == first["healthcheck"]
+    data = [
+        next(v.split(":")[0] for v in services[name]["volumes"] if v.endswith(":/var/lib/rabbitmq"))
+        for name in CLUSTER_NODES
+    ]
+    assert len(set(data)) == 3, data
+
+
+def test_cluster_nodes_share_a_cookie_with_their_command_line_tools(services: dict[str, dict[str, Any]]) -> None:
+    environment = environment_of(services["rabbitmq"])
+    server, cli = environment["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"], environment["RABBITMQ_CTL_ERL_ARGS"]
+    assert server == cli  # the health check (rabbitmq-diagnostics) reaches the node with the same cookie
+    flag, cookie = server.split()
+    assert flag == "-setcookie"
+    assert cookie
+
+
+def test_joining_nodes_name_every_node_of_the_cluster(services: dict[str, dict[str, Any]]) -> None:
+    for name in CLUSTER_NODES:
+        mounts = _mounted_conf_files(services[name])
+        peers = [source for source, target in mounts.items() if target.endswith("cluster-peers.conf")]
+        assert bool(peers) == (name != "rabbitmq"), f"{name}: only the joining nodes discover peers"
+        for source in peers:
+            conf = _rabbitmq_conf(source)
+            assert conf["cluster_formation.peer_discovery_backend"] == "classic_config"
+            listed = {value for key, value in conf.items() if key.startswith("cluster_formation.classic_config.nodes.")}
+            assert listed == {f"rabbit@{services[node]['hostname']}" for node in CLUSTER_NODES}
+
+
+def test_quorum_queues_grow_to_every_node_of_the_cluster(services: dict[str, dict[str, Any]]) -> None:
+    """The services declare their queues once the first node is healthy, before the others joined."""
+    for name in CLUSTER_NODES:
+        replicas = [s for s, t in _mounted_conf_files(services[name]).items() if t.endswith("quorum-replicas.conf")]
+        assert replicas, f"{name} does not grow quorum queues"
+        conf = _rabbitmq_conf(replicas[0])
+        assert conf["quorum_queue.continuous_membership_reconciliation.enabled"] == "true"
+        assert int(conf["quorum_queue.continuous_membership_reconciliation.target_group_size"]) == len(CLUSTER_NODES)
+
+
+def test_make_up_cluster_gives_every_service_the_other_nodes(services: dict[str, dict[str, Any]]) -> None:
+    result = subprocess.run(["make", "-n", "up-cluster"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    command = " ".join(result.stdout.replace("\\\n", " ").split())
+    assert "docker compose -f docker-compose-async.yml --profile cluster up -d --build --wait" in command
+    failover = command.split("RABBITMQ_FAILOVER_URLS=", 1)[1].split()[0].split(",")
+    first = environment_of(services["userservice"])["RABBITMQ_URL"]
+    assert failover == [first.replace("@rabbitmq:", f"@{node}:") for node in CLUSTER_NODES[1:]]
+    for spec in SERVICES:
+        assert environment_of(services[spec.name])["RABBITMQ_FAILOVER_URLS"] == ""  # until make up-cluster sets it
+
+
 def test_design_doc_ports_of_the_monitoring_stack(services: dict[str, dict[str, Any]]) -> None:
     assert "5433:5432" in services["postgres"]["ports"]
     assert "9091:9090" in services["prometheus"]["ports"]
@@ -396,7 +497,7 @@ def test_grafana_provisioning_matches_the_compose_mounts(services: dict[str, dic
     ("target", "expected"),
     [
         ("up", "docker compose -f docker-compose-async.yml up -d --build --wait"),
-        ("down", "docker compose -f docker-compose-async.yml --profile load down --remove-orphans"),
+        ("down", "docker compose -f docker-compose-async.yml --profile load --profile cluster down --remove-orphans"),
         ("logs", "docker compose -f docker-compose-async.yml logs -f --tail=100"),
         ("load", "docker compose -f docker-compose-async.yml --profile load run --rm -e PROFILE=default k6"),
     ],

@@ -432,6 +432,9 @@ def test_every_variable_a_pod_gets_is_a_setting_of_its_service(variant: str, com
         extra = set(environment) - set(compose_environment)
         assert extra == set(k8s.service_environment(spec, k8s.BASE)), spec.name
         for name, value in compose_environment.items():
+            if name in k8s.COMPOSE_ONLY_ENVIRONMENT:
+                assert name not in environment, f"{spec.name}: {name} means nothing on Kubernetes"
+                continue
             assert name in environment, f"{spec.name}: compose passes {name}, the pod does not get it"
             if name not in k8s.SECRET_ENVIRONMENT:
                 assert environment[name] == value, f"{spec.name}: {name}"
@@ -659,6 +662,9 @@ def test_rabbitmq_is_a_three_node_cluster_with_composes_plugins(variant: str) ->
     plugins = (ROOT / "rabbitmq" / "enabled_plugins").read_text().strip()
     assert plugins == f"[{','.join(cluster['spec']['rabbitmq']['additionalPlugins'])}]."
     assert {"rabbitmq_management", "rabbitmq_prometheus"} <= set(cluster["spec"]["rabbitmq"]["additionalPlugins"])
+    config = dict(line.split(" = ") for line in cluster["spec"]["rabbitmq"]["additionalConfig"].splitlines())
+    assert config["quorum_queue.continuous_membership_reconciliation.enabled"] == "true"
+    assert config["quorum_queue.continuous_membership_reconciliation.target_group_size"] == "3"
 
 
 @pytest.mark.parametrize("variant", ["base", "local"])
