@@ -4,7 +4,10 @@ CPU is counted, not timed: user plus system time from `/proc/<pid>/stat`, which 
 tenants of a shared machine disturb far less than latency. Over one k6 run the ledger reads, per
 group of processes, the CPU they used (each service's own process, the report workers, RabbitMQ,
 PostgreSQL, k6, the bare endpoint), and from the services' metrics and PostgreSQL's statistics the
-messages published and delivered and the transactions committed. The unit it divides by is a bare
+messages published and delivered and the transactions committed. Beside the CPU each group used it
+reads how long the group's threads were ready to run but waited for a core (`/proc/<pid>/task/*/schedstat`):
+on two cores shared by a dozen processes, that queueing is where a request's time goes when it is not
+spent computing. The unit it divides by is a bare
 FastAPI endpoint (bench/bare.py) taking a steady rate beside the load in the same run: what one
 request costs this machine, at this moment, with nothing behind it.
 """
@@ -86,6 +89,30 @@ def read_cpu(groups: Iterable[ProcessGroup]) -> Reading:
                 total += found.reaped_children_s
             reading[group.name][pid] = total
     return reading
+
+
+def run_queue_wait_s(pid: int) -> float | None:
+    """Seconds the threads of `pid` alive now spent runnable but waiting for a CPU (the kernel's
+    schedstat: time on a CPU, time on a run queue, time slices, in nanoseconds)."""
+    total_ns = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None  # gone
+    for task in tasks:
+        try:
+            total_ns += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total_ns / 1e9
+
+
+def read_cpu_wait(groups: Iterable[ProcessGroup]) -> Reading:
+    """Like `read_cpu`, the run-queue wait of each group's processes (exited ones are not counted)."""
+    return {
+        group.name: {pid: found for pid in set(group.pids()) if (found := run_queue_wait_s(pid)) is not None}
+        for group in groups
+    }
 
 
 def cpu_used(before: Reading, after: Reading) -> dict[str, float]:

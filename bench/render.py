@@ -152,9 +152,18 @@ def ledger_section(results: Mapping[str, Any], level: str) -> list[str]:
         return []
     cpu = ledger["cpu_s"]
     fleet = ledger["fleet_cpu_s"]
-    rows = [[label, f"{cpu[key]:.2f}", f"{cpu[key] / fleet:.0%}" if fleet else "-"] for key, label in LEDGER_ROWS]
-    rows.append(["**fleet**", f"**{fleet:.2f}**", "100%"])
-    rows += [[f"{label}, not counted", f"{cpu[key]:.2f}", ""] for key, label in LEFT_OUT_ROWS]
+    waits = ledger.get("cpu_wait_s", {})  # results of runs before it was measured have none
+
+    def waited(key: str) -> str:
+        return f"{waits[key]:.2f}" if key in waits else "-"
+
+    rows = [
+        [label, f"{cpu[key]:.2f}", f"{cpu[key] / fleet:.0%}" if fleet else "-", waited(key)]
+        for key, label in LEDGER_ROWS
+    ]
+    fleet_wait = sum(waits.get(key, 0.0) for key, _ in LEDGER_ROWS)
+    rows.append(["**fleet**", f"**{fleet:.2f}**", "100%", f"**{fleet_wait:.2f}**" if waits else "-"])
+    rows += [[f"{label}, not counted", f"{cpu[key]:.2f}", "", waited(key)] for key, label in LEFT_OUT_ROWS]
     requests = ledger["requests"]
     accepted = ledger["per_accepted_request"]
     other = ledger["per_accepted_non_click_request"]
@@ -168,8 +177,10 @@ def ledger_section(results: Mapping[str, Any], level: str) -> list[str]:
         "idle work in those seconds counts too). The fleet is the ten services, RabbitMQ and PostgreSQL; the",
         "report hashing and the load generator are left out. The unit is the bare endpoint, taking a steady",
         f"{results['settings'].get('bare_rate', 120)} requests/s beside the load in the same run.",
+        "*Waited for a CPU*: how long the group's threads were ready to run but no core was free for them",
+        "(`/proc/<pid>/task/*/schedstat`); a request that arrives meanwhile waits as long.",
         "",
-        *_table(["Process", "CPU s", "Share of the fleet"], rows),
+        *_table(["Process", "CPU s", "Share of the fleet", "Waited for a CPU s"], rows),
         "",
         *_table(
             ["Figure", "Value"],

@@ -46,6 +46,7 @@ from bench.ledger import (
     process_times,
     processes_named,
     read_cpu,
+    read_cpu_wait,
 )
 from bench.render import render_outputs
 from devtools.fleet import SERVICES
@@ -454,7 +455,7 @@ async def default_profile(
     idle = cpu_used(idle_before, read_cpu(groups))
     before_metrics = await scrape(http, fleet)
     before_transactions = await transaction_counts(infra)
-    before_cpu = read_cpu(groups)
+    before_cpu, before_wait = read_cpu(groups), read_cpu_wait(groups)
     before_children = children_cpu_s()
     started = time.monotonic()
     run_dir = ARTIFACTS / arguments.run_dir
@@ -477,7 +478,7 @@ async def default_profile(
     after_metrics = await scrape(http, fleet)
     await wait_until(lambda: queues_drained(http, infra), 60)
     await asyncio.sleep(STATISTICS_SETTLE_S)
-    after_cpu = read_cpu(groups)
+    after_cpu, after_wait = read_cpu(groups), read_cpu_wait(groups)
     window_s = time.monotonic() - started
     after_transactions = await transaction_counts(infra)
     if default.summary is None:
@@ -496,6 +497,7 @@ async def default_profile(
         bare_requests=float(bare_run.summary["requests"]),
         window_s=window_s,
     )
+    ledger["cpu_wait_s"] = cpu_used(before_wait, after_wait)
     ledger["idle_cpu_s_per_s"] = {group: round(value / STATISTICS_SETTLE_S, 4) for group, value in idle.items()}
     say(
         f"{name}: fleet CPU {ledger['fleet_cpu_ms_per_request']} ms per request, "

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from bench.analysis import Histogram, RampStep, highest_held_rate, histograms, merge, ramp_rates, window
-from bench.ledger import build_ledger, cpu_used, k6_request_counts, messages
-from bench.render import README_END, README_START, render_markdown, render_readme_section, update_readme
+from bench.ledger import build_ledger, cpu_used, k6_request_counts, messages, run_queue_wait_s
+from bench.render import (
+    README_END,
+    README_START,
+    ledger_section,
+    render_markdown,
+    render_readme_section,
+    update_readme,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 INF = math.inf
@@ -181,3 +192,33 @@ def test_k6_request_counts_take_polls_into_the_total() -> None:
         "accept_latency": [{"flow": "click", "accepted": 80}, {"flow": "order", "accepted": 10}],
     }
     assert k6_request_counts(summary) == {"total": 120.0, "accepted": 90.0, "accepted_clicks": 80.0}
+
+
+def test_run_queue_wait_grows_for_processes_that_share_one_core() -> None:
+    """Two processes spinning on the same core: each waits for it about as long as it runs."""
+    spin = "import time\nend = time.monotonic() + 0.6\nwhile time.monotonic() < end: pass"
+    core = min(os.sched_getaffinity(0))
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", spin], preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+        for _ in range(2)
+    ]
+    try:
+        time.sleep(0.4)
+        waits = [run_queue_wait_s(hog.pid) for hog in hogs]
+    finally:
+        for hog in hogs:
+            hog.wait(timeout=10)
+    assert all(wait is not None and wait > 0.05 for wait in waits), waits
+    assert run_queue_wait_s(hogs[0].pid) is None  # gone and reaped
+
+
+def test_the_ledger_table_shows_the_wait_for_a_cpu_and_older_results_without_it() -> None:
+    results = json.loads((ROOT / "docs" / "bench" / "results.json").read_text())
+    without = "\n".join(ledger_section(results, "###"))
+    assert "| userservice |" in without
+    results["ledger"]["cpu_wait_s"] = {key: 1.25 for key in results["ledger"]["cpu_s"]}
+    table = "\n".join(ledger_section(results, "###"))
+    assert "| userservice | " in table
+    assert next(line for line in table.splitlines() if line.startswith("| userservice |")).endswith("| 1.25 |")
+    assert "| **fleet** |" in table
+    assert "**15.00**" in table  # twelve rows of the fleet at 1.25 s
