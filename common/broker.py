@@ -222,11 +222,12 @@ class Broker:
         A RabbitMQ 3.10 channel that first publishes to a quorum queue while the queue's leader is gone (a
         node lost, the connection moved to another) keeps addressing the dead leader: the broker nacks every
         later publish to that queue on that channel for half a minute or more, while a channel opened after
-        the new leader's election publishes at once (measured with `make cluster`; the cluster faults in
-        tests/faults/test_cluster.py fail without this). A nack is otherwise rare (a queue refusing
+        the new leader's election publishes at once (measured with `make cluster`; the publisher test in
+        tests/faults/test_cluster.py fails without this). A nack is otherwise rare (a queue refusing
         publishes), so a new channel costs nothing on the usual path. The new channel declares what the
         old one did, so a reconnect to a node that lost its definitions restores them as before."""
         old = self._publish_channel
+        channel: AbstractChannel | None = None
         try:
             async with asyncio.timeout(self._settings.publish_timeout_s):
                 channel = await self.open_channel(publisher_confirms=True)
@@ -234,6 +235,9 @@ class Broker:
                 exchanges.update(await declare_retry_tiers(channel, self._retry_delays_s))
         except (aiormq.exceptions.AMQPError, ConnectionError, TimeoutError, BrokerUnavailable) as exc:
             log.warning("could not open a new publishing channel after a nack (%r); the next nack tries again", exc)
+            if channel is not None:
+                with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+                    await channel.close()
             return
         self._publish_channel, self._exchanges = channel, exchanges
         log.warning("the broker nacked a publish: publishing on a new channel")

@@ -26,7 +26,7 @@ from devtools.provision import provision
 from devtools.rabbitmq_nodes import LocalCluster, RabbitNode, local_cluster
 from tests.e2e.conftest import ARTIFACTS
 from tests.faults.conftest import FAULT_FLEET_ENVIRONMENT, FaultReport
-from tests.faults.harness import OUTAGE_S, all_ready, dead_letters, run_fault
+from tests.faults.harness import OUTAGE_S, Inject, all_ready, dead_letters, run_fault
 from tests.faults.load import Ledger
 from tests.faults.private_infra import PrivateInfra
 from tests.faults.reconcile import SERVICE_SCHEMAS, asyncpg_dsn
@@ -208,6 +208,21 @@ def cluster_faults(
     return {"private": cluster_private, "fleet": cluster_fleet, "http": http, "fault_report": fault_report}
 
 
+async def _run_cluster_fault(
+    fault: str, inject: Inject, management: Management, cluster_faults: dict[str, Any]
+) -> None:
+    """Run the fault under load and reconcile it (through `management`, on a node that stays up); with two
+    of three nodes up at every moment, no request may be refused and nothing dead-lettered."""
+    ledger = Ledger()
+    try:
+        await run_fault(fault, inject, management=management, ledger=ledger, **cluster_faults)
+        assert await dead_letters(management) == {}
+    finally:
+        await management.close()
+    refused = [f"{a.kind} {a.status} {a.detail}" for a in ledger.attempts if a.outcome == "refused"]
+    assert refused == [], f"requests refused while two of three nodes were up: {refused[:10]}"
+
+
 async def test_node_leading_most_queues_killed_under_load(
     cluster: LocalCluster, cluster_faults: dict[str, Any]
 ) -> None:
@@ -249,20 +264,8 @@ async def test_node_leading_most_queues_killed_under_load(
             "every queue had its three members again before the load ended."
         )
 
-    ledger = Ledger()
-    try:
-        await run_fault(
-            "Node leading most queues killed (3-node cluster)",
-            kill_the_leader,
-            management=management,
-            ledger=ledger,
-            **cluster_faults,
-        )
-        assert await dead_letters(management) == {}
-    finally:
-        await management.close()
-    refused = [f"{a.kind} {a.status} {a.detail}" for a in ledger.attempts if a.outcome == "refused"]
-    assert refused == [], f"requests refused while two of three nodes were up: {refused[:10]}"
+    fault = "Node leading most queues killed (3-node cluster)"
+    await _run_cluster_fault(fault, kill_the_leader, management, cluster_faults)
 
 
 async def test_rolling_restart_of_every_node_under_load(cluster: LocalCluster, cluster_faults: dict[str, Any]) -> None:
@@ -285,17 +288,4 @@ async def test_rolling_restart_of_every_node_under_load(cluster: LocalCluster, c
             f"{time.monotonic() - started:.0f} s in all)."
         )
 
-    ledger = Ledger()
-    try:
-        await run_fault(
-            "Rolling restart (3-node cluster)",
-            restart_each_node,
-            management=management,
-            ledger=ledger,
-            **cluster_faults,
-        )
-        assert await dead_letters(management) == {}
-    finally:
-        await management.close()
-    refused = [f"{a.kind} {a.status} {a.detail}" for a in ledger.attempts if a.outcome == "refused"]
-    assert refused == [], f"requests refused while two of three nodes were up: {refused[:10]}"
+    await _run_cluster_fault("Rolling restart (3-node cluster)", restart_each_node, management, cluster_faults)

@@ -86,24 +86,30 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # --- the compose file is valid -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("env_file", ["none", ".env.example"])
-def test_docker_compose_accepts_the_file(env_file: str, tmp_path: Path) -> None:
-    """Debian's docker-compose 1.29.2 validates against its compose-spec schema and checks references
-    (services in depends_on, volumes, profiles, `condition: service_healthy`) without an engine."""
-    docker_compose = required_tool("docker-compose")
-    env_path = ENV_EXAMPLE if env_file != "none" else tmp_path / "empty.env"
-    env_path.touch()
+def _compose_config(home: Path, *options: str) -> dict[str, Any]:
+    """The services as `docker-compose [options] config` resolves them; it must accept the file without a
+    warning. Only PATH and a HOME of the test's own reach it: the caller's variables must not leak in."""
     result = subprocess.run(
-        [docker_compose, "--env-file", str(env_path), "-f", str(COMPOSE_FILE), "config"],
+        [required_tool("docker-compose"), "-f", str(COMPOSE_FILE), *options, "config"],
         cwd=ROOT,
-        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},  # the caller's variables must not leak in
+        env={"PATH": os.environ["PATH"], "HOME": str(home)},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "WARNING" not in result.stderr, result.stderr
-    resolved = yaml.safe_load(result.stdout)["services"]
+    services: dict[str, Any] = yaml.safe_load(result.stdout)["services"]
+    return services
+
+
+@pytest.mark.parametrize("env_file", ["none", ".env.example"])
+def test_docker_compose_accepts_the_file(env_file: str, tmp_path: Path) -> None:
+    """Debian's docker-compose 1.29.2 validates against its compose-spec schema and checks references
+    (services in depends_on, volumes, profiles, `condition: service_healthy`) without an engine."""
+    env_path = ENV_EXAMPLE if env_file != "none" else tmp_path / "empty.env"
+    env_path.touch()
+    resolved = _compose_config(tmp_path, "--env-file", str(env_path))
     # What the file means to compose is what these tests read it as.
     assert resolved["k6"]["profiles"] == ["load"]
     assert resolved["emailservice"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
@@ -290,17 +296,7 @@ def _mounted_conf_files(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_docker_compose_accepts_the_cluster_profile(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [required_tool("docker-compose"), "-f", str(COMPOSE_FILE), "--profile", "cluster", "config"],
-        cwd=ROOT,
-        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "WARNING" not in result.stderr, result.stderr
-    resolved = yaml.safe_load(result.stdout)["services"]
+    resolved = _compose_config(tmp_path, "--profile", "cluster")
     assert {name: resolved[name]["hostname"] for name in CLUSTER_NODES} == {name: name for name in CLUSTER_NODES}
     for name in CLUSTER_NODES[1:]:
         assert resolved[name]["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
