@@ -54,16 +54,25 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Loc
         yield running
 
 
+def _cluster_infra(cluster: LocalCluster, vhost: str) -> Infra:
+    """The broker side of `vhost` on the cluster (first node, the others to fail over to); no database."""
+    first, *others = cluster.amqp_urls(vhost)
+    return Infra(
+        rabbitmq_url=first,
+        rabbitmq_failover_urls=tuple(others),
+        database_url="",
+        management_url=cluster.nodes[0].management_url,
+        vhost=vhost,
+        database="",
+    )
+
+
 @pytest.fixture(scope="module")
 async def cluster_private(cluster: LocalCluster, private: PrivateInfra) -> PrivateInfra:
     """The cluster's vhost and a database of its own on the fault suite's PostgreSQL."""
-    first, *others = cluster.amqp_urls(VHOST)
-    infra = Infra(
-        rabbitmq_url=first,
-        rabbitmq_failover_urls=tuple(others),
+    infra = dataclasses.replace(
+        _cluster_infra(cluster, VHOST),
         database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{private.postgres.port}/{DATABASE}",
-        management_url=cluster.nodes[0].management_url,
-        vhost=VHOST,
         database=DATABASE,
     )
     await provision(infra.provision_settings())
@@ -147,18 +156,6 @@ async def test_every_queue_has_a_replica_on_each_node(cluster: LocalCluster) -> 
         assert set(queues[queue.dead_letter_queue]["members"]) == node_names, queue.dead_letter_queue
 
 
-def _cluster_infra(cluster: LocalCluster, vhost: str) -> Infra:
-    first, *others = cluster.amqp_urls(vhost)
-    return Infra(
-        rabbitmq_url=first,
-        rabbitmq_failover_urls=tuple(others),
-        database_url="",
-        management_url=cluster.nodes[0].management_url,
-        vhost=vhost,
-        database="",
-    )
-
-
 async def test_a_publisher_whose_node_dies_publishes_on_another_at_once(cluster: LocalCluster) -> None:
     """The publisher is connected to the node that leads the queue, and reconnects to another node sooner
     than the queue elects a new leader (a reconnect interval of 0.1 s makes that race certain)."""
@@ -180,7 +177,6 @@ async def test_a_publisher_whose_node_dies_publishes_on_another_at_once(cluster:
         await broker.publish(UserRegistered(user_id=1, email="before@example.com"))
 
         await victim.kill()
-        killed = time.monotonic()
 
         async def confirmed() -> bool:
             try:
@@ -190,10 +186,8 @@ async def test_a_publisher_whose_node_dies_publishes_on_another_at_once(cluster:
             return True
 
         await eventually(confirmed, timeout=5, interval=0.05, message="no publish was confirmed within 5 s")
-        resumed_s = time.monotonic() - killed
         for _ in range(20):  # and it stays so
             await broker.publish(UserRegistered(user_id=1, email="after@example.com"))
-        assert resumed_s < 5
     finally:
         await broker.close()
         await management.close()
