@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -121,7 +119,7 @@ class Broker:
 
     @property
     def connection_name(self) -> str:
-        return f"{self._settings.service_name}@{socket.gethostname()}:{os.getpid()}"
+        return self._settings.instance_name
 
     @property
     def is_connected(self) -> bool:

@@ -232,6 +232,28 @@ class CheckProcessedFirst(Generic[EventT]):
 Subscription = Handler[EventT] | Batched[EventT] | CheckProcessedFirst[EventT]
 
 
+async def apply_handler(
+    handler: Handler[EventT], context: MessageContext[EventT], *, check_processed_first: bool
+) -> None:
+    """Run `handler` on the context's event and commit its effects with the processed-event record;
+    raise `DuplicateDelivery` for an event this consumer handled before. The consumer runs a delivery
+    through this, and so does the synchronous fleet's call (common/calls.py): one pipeline for both."""
+    if check_processed_first and await context.already_processed():
+        raise DuplicateDelivery
+    await handler(context.event, context)
+    if not context.committed:
+        async with context.transaction():
+            pass  # the handler had nothing to write: record the event as processed
+
+
+async def apply_batch_handler(handler: BatchHandler[EventT], context: BatchContext[EventT]) -> None:
+    """`apply_handler` for a batch: raises `DuplicateDelivery` if any of its events was handled before."""
+    await handler(context.events, context)
+    if not context.committed:
+        async with context.transaction():
+            pass  # the handler had nothing to write: record the events as processed
+
+
 def _first_parameter_annotation(handler: Callable[..., Awaitable[None]]) -> Any:
     parameters = list(inspect.signature(handler, eval_str=True).parameters.values())
     if not parameters:
@@ -535,12 +557,7 @@ class Consumer(_QueueConsumer, Generic[EventT]):
         context = MessageContext(self.queue, event, attempt, self._runtime)
         started = time.perf_counter()
         try:
-            if self._check_processed_first and await context.already_processed():
-                raise DuplicateDelivery
-            await self._handler(event, context)
-            if not context.committed:
-                async with context.transaction():
-                    pass  # the handler had nothing to write: record the event as processed
+            await apply_handler(self._handler, context, check_processed_first=self._check_processed_first)
         except DuplicateDelivery:
             log.info("%s %s already processed; acknowledging the duplicate", event.event_type, event.event_id)
             return await self._settle(message, None, "duplicate")
@@ -745,10 +762,7 @@ class BatchConsumer(_QueueConsumer, Generic[EventT]):
                 return set()
             context = BatchContext(self.queue, [delivery.event for delivery in fresh.values()], self._runtime)
             try:
-                await self._handler(context.events, context)
-                if not context.committed:
-                    async with context.transaction():
-                        pass  # the handler had nothing to write: record the events as processed
+                await apply_batch_handler(self._handler, context)
             except DuplicateDelivery:
                 # Rolled back: some were handled before (a redelivery) or meanwhile (a replica). Leave them out.
                 done = await _already_processed(self._runtime.database, self.queue, context.events)

@@ -152,20 +152,15 @@ class _Statements:
 class UnitOfWork:
     """One database transaction, plus the events to publish if (and only if) it commits."""
 
-    def __init__(self, connection: Connection, outbox: Outbox) -> None:
+    def __init__(self, connection: Connection, publisher: str) -> None:
         self.connection = connection
-        self._outbox = outbox
-        self._events: list[Event] = []
+        self.publisher = publisher
+        self.events: list[Event] = []
 
     def publish(self, event: Event) -> None:
         """Publish `event` once this transaction commits (and never if it rolls back)."""
-        route_for_publisher(event, self._outbox.publisher)  # fail inside the transaction, not later
-        self._events.append(event)
-
-    async def _write_outbox(self) -> list[OutboxRow]:
-        if not self._events:
-            return []
-        return await self._outbox.write(self.connection, self._events)
+        route_for_publisher(event, self.publisher)  # fail inside the transaction, not later
+        self.events.append(event)
 
 
 class Outbox:
@@ -187,9 +182,9 @@ class Outbox:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:
         async with self._database.transaction() as connection:
-            unit = UnitOfWork(connection, self)
+            unit = UnitOfWork(connection, self.publisher)
             yield unit
-            rows = await unit._write_outbox()
+            rows = await self.write(connection, unit.events) if unit.events else []
         # Committed: hand the rows to the dispatcher without making the caller wait for the broker.
         for row in rows:
             if row.publish_by:

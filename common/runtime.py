@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from common.broker import Broker
 from common.database import Database
 from common.outbox import Outbox
 from common.settings import ServiceSettings
 from common.tasks import BackgroundTasks
+
+if TYPE_CHECKING:
+    from common.calls import DirectCalls
 
 T = TypeVar("T")
 
@@ -37,9 +40,17 @@ class Resources:
 
 @dataclass
 class Runtime:
+    """In the synchronous fleet, `broker` and `outbox` are one `DirectCalls`: the same `publish()` and
+    `transaction()`, delivering by HTTP calls instead of through RabbitMQ."""
+
     settings: ServiceSettings
     database: Database
-    broker: Broker
-    outbox: Outbox
+    broker: Broker | DirectCalls
+    outbox: Outbox | DirectCalls
     tasks: BackgroundTasks = field(default_factory=BackgroundTasks)
     resources: Resources = field(default_factory=Resources)
+
+    @property
+    def synchronous(self) -> bool:
+        """The synchronous fleet: a request answers with the outcome, once every call it caused is done."""
+        return self.settings.fleet_mode == "sync"

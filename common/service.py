@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from common import correlation
 from common.asyncapi import asyncapi_document
 from common.broker import Broker, BrokerUnavailable
+from common.calls import CallDeadlineMiddleware, CallFailed, DirectCalls, events_router, serve_locally
 from common.consumer import BatchConsumer, Batched, Consumer, Subscription
 from common.database import Database, DatabaseUnavailable, is_dependency_failure, is_invalid_input
 from common.http_metrics import instrument_http
@@ -67,6 +68,17 @@ class ReadinessResponse(BaseModel):
 
 UNAVAILABLE_RESPONSE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "The broker or the database is unavailable; nothing was accepted."}
+}
+
+
+CALL_FAILED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    502: {"model": ErrorResponse, "description": "Synchronous fleet: a service it called answered with an error."},
+    503: {
+        "model": ErrorResponse,
+        "description": "A dependency is unavailable (in the synchronous fleet, a service "
+        "it called, too); what was committed before the call stands.",
+    },
+    504: {"model": ErrorResponse, "description": "Synchronous fleet: a service it called did not answer in time."},
 }
 
 
@@ -186,6 +198,7 @@ def create_service(
 ) -> FastAPI:
     subscriptions = subscriptions or {}
     _check_subscriptions(settings.service_name, subscriptions)
+    synchronous = settings.fleet_mode == "sync"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -196,18 +209,26 @@ def create_service(
             await database.create_tables()
             await database.open()
 
-            broker = Broker(settings)
-            stack.push_async_callback(broker.close)
-            await broker.connect()
-
             tasks = BackgroundTasks()
-            stack.push_async_callback(tasks.close)
-            outbox = Outbox(settings, database, broker)
-            outbox.start(tasks)
-            stack.push_async_callback(outbox.close)
+            if synchronous:
+                # No broker: events are delivered by calls after each commit (common/calls.py).
+                calls = DirectCalls(settings, database)
+                stack.push_async_callback(calls.close)
+                await calls.open()
+                stack.push_async_callback(tasks.close)
+                runtime = Runtime(settings=settings, database=database, broker=calls, outbox=calls, tasks=tasks)
+                serve_locally(calls, subscriptions, runtime)
+            else:
+                broker = Broker(settings)
+                stack.push_async_callback(broker.close)
+                await broker.connect()
+                stack.push_async_callback(tasks.close)
+                outbox = Outbox(settings, database, broker)
+                outbox.start(tasks)
+                stack.push_async_callback(outbox.close)
+                runtime = Runtime(settings=settings, database=database, broker=broker, outbox=outbox, tasks=tasks)
             tasks.start("prune-processed-events", lambda: _prune_processed_events_forever(settings, database))
 
-            runtime = Runtime(settings=settings, database=database, broker=broker, outbox=outbox, tasks=tasks)
             app.state.runtime = runtime
             for service_lifespan in lifespans:
                 await stack.enter_async_context(service_lifespan(runtime))
@@ -216,7 +237,7 @@ def create_service(
                 BatchConsumer(queue, subscription, runtime, prefetch_count=(prefetch_overrides or {}).get(queue))
                 if isinstance(subscription, Batched)
                 else Consumer(queue, subscription, runtime, prefetch_count=(prefetch_overrides or {}).get(queue))
-                for queue, subscription in subscriptions.items()
+                for queue, subscription in ({} if synchronous else subscriptions).items()
             ]
             await database.warm_up()
             for consumer in consumers:
@@ -231,8 +252,20 @@ def create_service(
             yield
             log.info("%s is shutting down", settings.service_name)
 
+    if synchronous:
+        description += (
+            "\n\n**Synchronous fleet** (`FLEET_MODE=sync`): no broker; each event is an HTTP call to the "
+            "service that handles it (`POST /events/<queue>`), and a request answers once they have all finished."
+        )
     app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    if synchronous:
+        app.add_middleware(CallDeadlineMiddleware, settings=settings)
     app.add_middleware(CorrelationIdMiddleware)
+
+    @app.exception_handler(CallFailed)
+    async def call_failed(request: Request, exc: CallFailed) -> JSONResponse:
+        log.warning("%s %s failed downstream (%d): %s", request.method, request.url.path, exc.status_code, exc.detail)
+        return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
 
     @app.exception_handler(BrokerUnavailable)
     async def broker_unavailable(request: Request, exc: BrokerUnavailable) -> JSONResponse:
@@ -292,7 +325,7 @@ def create_service(
         responses={503: {"model": ReadinessResponse, "description": "A dependency is down."}},
     )
     async def ready(runtime: RuntimeDep) -> JSONResponse:
-        checks = {"broker": "ok" if runtime.broker.is_connected else "disconnected"}
+        checks = {} if synchronous else {"broker": "ok" if runtime.broker.is_connected else "disconnected"}
         try:
             await asyncio.wait_for(runtime.database.ping(), timeout=READY_CHECK_TIMEOUT_S)
             checks["database"] = "ok"
@@ -314,6 +347,8 @@ def create_service(
 
     for router in routers:
         app.include_router(router)
+    if synchronous:
+        app.include_router(events_router(subscriptions))
 
     generate_openapi = app.openapi
 

@@ -7,10 +7,14 @@ every simulated delay can be shrunk from the environment for tests and demos.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.addresses import FleetMode, default_port
 
 Seconds = Annotated[float, Field(ge=0)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -21,6 +25,10 @@ class ServiceSettings(BaseSettings):
 
     service_name: str = "service"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # How a service reaches the next one: `async` through RabbitMQ (the outbox, consumers), `sync` by an
+    # HTTP call it waits for (no broker at all; see common/calls.py). The business logic is the same.
+    fleet_mode: FleetMode = "async"
 
     # --- infrastructure ---------------------------------------------------------------------
     # The vhost is part of the URL, so one broker can host the dev fleet and isolated test runs.
@@ -56,6 +64,16 @@ class ServiceSettings(BaseSettings):
     broker_handshake_timeout_s: PositiveSeconds = 10.0
     shutdown_grace_s: PositiveSeconds = 10.0
 
+    # --- synchronous fleet: calls between services -------------------------------------------
+    # Where service `{service}` answers on `{port}`: 127.0.0.1 for the local runner, the service's DNS
+    # name in compose (`http://{service}:{port}`).
+    service_url_template: str = "http://127.0.0.1:{port}"
+    # Ports other than the mode's defaults (common/addresses.py), by service, as JSON: `{"emailservice": 9007}`.
+    service_ports: dict[str, int] = Field(default_factory=dict)
+    # The longest a request waits for the whole chain of calls it starts (a report's CPU work included);
+    # every call downstream gets what is left of it, so the caller always answers first.
+    call_timeout_s: PositiveSeconds = 60.0
+
     # --- transactional outbox -----------------------------------------------------------------
     # A row belongs to its writer's dispatcher for this long after its insert (claims must outlive the
     # publish timeout); after that, or once given back, the relay publishes it (crash, broker outage).
@@ -84,6 +102,16 @@ class ServiceSettings(BaseSettings):
         if self.outbox_dispatch_claim_s <= self.publish_timeout_s + 1.0:
             raise ValueError("OUTBOX_DISPATCH_CLAIM_S must exceed PUBLISH_TIMEOUT_S by more than a second")
         return self
+
+    @property
+    def instance_name(self) -> str:
+        """This process among the service's replicas: `service@host:pid`."""
+        return f"{self.service_name}@{socket.gethostname()}:{os.getpid()}"
+
+    def service_url(self, service: str) -> str:
+        """The base URL of `service` in this fleet (the synchronous fleet's calls go there)."""
+        port = self.service_ports.get(service) or default_port(service, self.fleet_mode)
+        return self.service_url_template.format(service=service, port=port).rstrip("/")
 
     @property
     def rabbitmq_urls(self) -> list[str]:

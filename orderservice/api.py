@@ -3,14 +3,15 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Float, bindparam, func, insert, select
 
 from common.correlation import current_correlation_id
 from common.events import OrderCreated, PaymentBehaviour
 from common.inputs import PlainInt
-from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+from common.service import CALL_FAILED_RESPONSES, UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 from common.sql import Statement
 from orderservice.tables import order_steps, orders
 from orderservice.timeouts import order_settings
@@ -105,14 +106,38 @@ class Order(OrderSummary):
     timeline: list[SagaStep] = Field(description="The saga's steps as this service heard of them, in order.")
 
 
+class FailedOrder(BaseModel):
+    detail: str = Field(examples=["order 456 failed: payment_declined"])
+    order: Order
+
+
+# How the synchronous fleet answers an order the saga failed (anything else, still pending, is a 504).
+SYNC_FAILURE_STATUS = {
+    "payment_declined": status.HTTP_402_PAYMENT_REQUIRED,
+    "insufficient_stock": status.HTTP_409_CONFLICT,
+    "unknown_product": status.HTTP_409_CONFLICT,
+}
+
+
 @router.post(
     "/create_order",
     status_code=status.HTTP_202_ACCEPTED,
+    response_model=OrderAccepted | Order,  # a JSONResponse (the synchronous fleet's failures) passes as it is
     summary="Place an order; the saga (reserve stock, charge, compensate) runs in the background",
-    description="Returns at once with the order `pending`; poll `GET /orders/{id}` for its status and timeline.",
-    responses=UNAVAILABLE_RESPONSE,
+    description="Returns at once with the order `pending`; poll `GET /orders/{id}` for its status and timeline. "
+    "The synchronous fleet answers once the saga has settled: 201 with the completed order and its timeline, "
+    "402 if the payment failed (the reservation released), 409 if the stock could not be reserved.",
+    responses={
+        201: {"model": Order, "description": "Synchronous fleet: the order, completed."},
+        402: {"model": FailedOrder, "description": "Synchronous fleet: the payment failed; the stock was released."},
+        409: {"model": FailedOrder, "description": "Synchronous fleet: no stock reserved; nothing was charged."},
+        **UNAVAILABLE_RESPONSE,
+        **CALL_FAILED_RESPONSES,
+    },
 )
-async def create_order(request: CreateOrderRequest, runtime: RuntimeDep) -> OrderAccepted:
+async def create_order(
+    request: CreateOrderRequest, response: Response, runtime: RuntimeDep
+) -> OrderAccepted | Order | JSONResponse:
     event_id = uuid.uuid4()
     correlation_id = current_correlation_id()
     async with runtime.outbox.transaction() as unit:
@@ -135,6 +160,14 @@ async def create_order(request: CreateOrderRequest, runtime: RuntimeDep) -> Orde
                 payment_behaviour=request.payment_behaviour,
             )
         )
+    if runtime.synchronous:
+        order = await read_order(order_id, runtime)
+        if order.status == "completed":
+            response.status_code = status.HTTP_201_CREATED
+            return order
+        failed = FailedOrder(detail=f"order {order_id} {order.status}: {order.failure_reason}", order=order)
+        status_code = SYNC_FAILURE_STATUS.get(order.failure_reason or "", status.HTTP_504_GATEWAY_TIMEOUT)
+        return JSONResponse(status_code=status_code, content=failed.model_dump(mode="json"))
     return OrderAccepted(id=order_id, product_id=request.product_id, quantity=request.quantity)
 
 

@@ -3,13 +3,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import bindparam, insert, select
 
 from common.events import CurrencyCode, PaymentBehaviour, PaymentInitiated
 from common.inputs import PlainInt, StorableText
-from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+from common.service import CALL_FAILED_RESPONSES, UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 from common.sql import Statement
 from paymentservice.gateway import new_payment_id
 from paymentservice.tables import payment_audit, payments
@@ -110,11 +111,20 @@ def payments_query(for_one_order: bool) -> Statement:
 @router.post(
     "/process_payment",
     status_code=status.HTTP_202_ACCEPTED,
+    response_model=PaymentAccepted | Payment,  # a JSONResponse (the synchronous fleet's failures) passes as it is
     summary="Accept a payment; the (slow) gateway is called in the background",
-    description="Returns at once with a `payment_id`; poll `GET /payments/{payment_id}` for the outcome.",
-    responses=UNAVAILABLE_RESPONSE,
+    description="Returns at once with a `payment_id`; poll `GET /payments/{payment_id}` for the outcome. "
+    "The synchronous fleet answers after the gateway: 200 with the completed payment, or 402 if it failed.",
+    responses={
+        200: {"model": Payment, "description": "Synchronous fleet: the payment, completed by the gateway."},
+        402: {"model": ErrorResponse, "description": "Synchronous fleet: the gateway declined the payment."},
+        **UNAVAILABLE_RESPONSE,
+        **CALL_FAILED_RESPONSES,
+    },
 )
-async def process_payment(request: ProcessPaymentRequest, runtime: RuntimeDep) -> PaymentAccepted:
+async def process_payment(
+    request: ProcessPaymentRequest, response: Response, runtime: RuntimeDep
+) -> PaymentAccepted | Payment | JSONResponse:
     payment_id = new_payment_id()
     async with runtime.outbox.transaction() as unit:
         await unit.connection.execute(
@@ -132,6 +142,13 @@ async def process_payment(request: ProcessPaymentRequest, runtime: RuntimeDep) -
                 payment_behaviour=request.payment_behaviour,
             )
         )
+    if runtime.synchronous:
+        payment = await read_payment(runtime, payment_id)
+        if payment.status != "completed":
+            detail = f"payment {payment_id} {payment.status}: {payment.failure_reason or 'no reason given'}"
+            return JSONResponse(status_code=status.HTTP_402_PAYMENT_REQUIRED, content={"detail": detail})
+        response.status_code = status.HTTP_200_OK
+        return payment
     return PaymentAccepted(payment_id=payment_id, message=ACCEPTED_MESSAGE)
 
 

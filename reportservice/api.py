@@ -5,13 +5,14 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Response, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import bindparam, insert, select
 
 from common.events import GenerateReportJob
 from common.inputs import StorableText, storable_json
-from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+from common.service import CALL_FAILED_RESPONSES, UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 from common.sql import Statement
 from reportservice.tables import report_jobs
 
@@ -87,17 +88,33 @@ class JobStatus(BaseModel):
 @router.post(
     "/generate_report",
     status_code=status.HTTP_202_ACCEPTED,
+    response_model=ReportAccepted | JobStatus,  # a JSONResponse (the synchronous fleet's failures) passes as it is
     summary="Queue a report; worker processes generate it in the background",
-    description="The job and its `GenerateReportJob` event commit together; poll `GET /jobs/{job_id}`.",
-    responses=UNAVAILABLE_RESPONSE,
+    description="The job and its `GenerateReportJob` event commit together; poll `GET /jobs/{job_id}`. "
+    "The synchronous fleet answers once the workers are done: 200 with the report's hash.",
+    responses={
+        200: {"model": JobStatus, "description": "Synchronous fleet: the completed job, with its hash."},
+        500: {"model": ErrorResponse, "description": "Synchronous fleet: the report failed."},
+        **UNAVAILABLE_RESPONSE,
+        **CALL_FAILED_RESPONSES,
+    },
 )
-async def generate_report(request: ReportRequest, runtime: RuntimeDep) -> ReportAccepted:
+async def generate_report(
+    request: ReportRequest, response: Response, runtime: RuntimeDep
+) -> ReportAccepted | JobStatus | JSONResponse:
     job_id = f"job_{uuid.uuid4().hex}"
     async with runtime.outbox.transaction() as unit:
         await unit.connection.execute(
             QUEUE_JOB, job_id=job_id, report_type=request.report_type, parameters=request.parameters
         )
         unit.publish(GenerateReportJob(job_id=job_id, report_type=request.report_type, parameters=request.parameters))
+    if runtime.synchronous:
+        job = await read_job(job_id, runtime)
+        if job.status != "completed":
+            detail = f"report {job_id} {job.status}: {job.reason or 'no reason given'}"
+            return JSONResponse(status_code=status.HTTP_500_INTERNAL_SERVER_ERROR, content={"detail": detail})
+        response.status_code = status.HTTP_200_OK
+        return job
     return ReportAccepted(job_id=job_id, message="Report generation job queued. Processing in background.")
 
 

@@ -77,7 +77,7 @@ async def report_workers(runtime: Runtime) -> AsyncIterator[None]:
         pids = await workers.start()
         log.info("%d report worker processes ready", len(pids), extra={"worker_pids": pids})
         runtime.resources.add(workers)
-        runtime.resources.add(JobStore(runtime.database, worker=runtime.broker.connection_name))
+        runtime.resources.add(JobStore(runtime.database, worker=runtime.settings.instance_name))
         yield
     finally:
         await workers.close()

@@ -7,7 +7,7 @@ import pytest
 from tests.support.infra import Infra, isolated_infra
 from tests.support.rabbitmq import Management
 
-_TIERS = ("unit", "integration", "e2e", "faults")
+_TIERS = ("unit", "integration", "e2e", "e2e_sync", "faults")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,13 +1,13 @@
 from datetime import datetime
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert
 
 from common.events import UserRegistered
 from common.inputs import DatabaseId
-from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
+from common.service import CALL_FAILED_RESPONSES, UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 from common.sql import Statement
 from userservice.tables import users
 
@@ -50,17 +50,27 @@ class User(BaseModel):
     status_code=status.HTTP_202_ACCEPTED,
     summary="Register a user; the welcome email is sent in the background",
     responses={
+        201: {
+            "model": RegisterResponse,
+            "description": "Synchronous fleet: registered, and the welcome email recorded by the email service.",
+        },
         409: {"model": ErrorResponse, "description": "The email is already registered."},
         **UNAVAILABLE_RESPONSE,
+        **CALL_FAILED_RESPONSES,
     },
 )
-async def register(request: RegisterRequest, runtime: RuntimeDep) -> RegisterResponse:
+async def register(request: RegisterRequest, response: Response, runtime: RuntimeDep) -> RegisterResponse:
     email = request.email.lower()
     async with runtime.outbox.transaction() as unit:
         user_id = await unit.connection.fetchval(REGISTER, email=email)
         if user_id is None:
             raise HTTPException(status.HTTP_409_CONFLICT, detail=f"{email} is already registered")
         unit.publish(UserRegistered(user_id=user_id, email=email))
+    if runtime.synchronous:
+        response.status_code = status.HTTP_201_CREATED
+        return RegisterResponse(
+            id=user_id, email=email, message="User registered; welcome email sent.", event_published=True
+        )
     return RegisterResponse(
         id=user_id,
         email=email,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -103,6 +104,8 @@ class Fleet:
         for service_name, port in self.ports.items():
             if service_name in SERVICES_BY_NAME:
                 env[SERVICES_BY_NAME[service_name].port_variable] = str(port)
+        # Where the synchronous fleet's calls go (the asynchronous fleet does not read it).
+        env["SERVICE_PORTS"] = json.dumps({n: p for n, p in self.ports.items() if n in SERVICES_BY_NAME})
         env[self.services[name].port_variable] = str(self.ports[name])  # a replica's own port
         return env
 
