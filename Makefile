@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test lint format procfile docs monitoring kubernetes lock clean bench faults cluster
+.PHONY: help venv run run-sync test lint format procfile docs monitoring kubernetes lock clean bench compare faults cluster
 
 # The Docker path (docker-compose-async.yml); credentials from .env (see .env.example).
 # `make up UP_ARGS="--scale emailservice=3"`, `make logs SERVICE=emailservice`, `make load PROFILE=smoke`
@@ -24,6 +24,7 @@ PROFILE ?= default
 
 help:
 	@echo "make run    - start all ten services (honcho) against the local RabbitMQ and PostgreSQL"
+	@echo "make run-sync - the synchronous fleet (HTTP calls, no broker) on ports 8001-8010, database fleet_sync"
 	@echo "make up     - build the images and start the whole stack in Docker, waiting until it is healthy"
 	@echo "make up-cluster - the same stack on a 3-node RabbitMQ cluster (compose profile \`cluster\`)"
 	@echo "make down   - stop and remove the stack's containers (its data volumes stay)"
@@ -33,6 +34,7 @@ help:
 	@echo "make faults - the fault-injection suite alone; rewrites docs/fault-injection-report.md"
 	@echo "make cluster - a 3-node RabbitMQ cluster on this machine (free ports, .cluster/); prints how to run the fleet on it"
 	@echo "make bench  - measure the fleet on this machine (a few minutes); writes docs/bench/ and README.md"
+	@echo "make compare - both fleets under the same load, side by side (~15 min); writes docs/compare/ and README.md"
 	@echo "make lint   - ruff"
 	@echo "make docs   - regenerate docs/asyncapi.json and the README diagram from the topology"
 	@echo "make monitoring - regenerate the Prometheus configs and Grafana dashboards"
@@ -52,6 +54,19 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m devtools.provision
 	PATH="$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile --env /dev/null
+
+# The synchronous fleet: the same services with FLEET_MODE=sync, a database of its own, no broker; it can
+# run beside `make run`'s fleet.
+SYNC_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/fleet_sync
+run-sync: $(STAMP)
+	DATABASE_URL=$(SYNC_DATABASE_URL) $(BIN)/python -m devtools.provision --database-only
+	FLEET_MODE=sync DATABASE_URL=$(SYNC_DATABASE_URL) PATH="$(BIN):$$PATH" \
+		$(BIN)/honcho start --procfile Procfile.sync --env /dev/null
+
+# Both fleets, one after the other, on free ports with databases of their own; COMPARE_ARGS=--short is CI's.
+COMPARE_ARGS ?=
+compare: $(STAMP)
+	PATH="$(BIN):$$PATH" $(BIN)/python -m bench.compare $(COMPARE_ARGS)
 
 # Starts its own fleet on free ports (its own vhost and database) and stops it; not part of `make test`.
 BENCH_ARGS ?=

@@ -89,7 +89,7 @@ def label(labels: Labels, key: str) -> str:
 
 @dataclass(frozen=True)
 class RampStep:
-    """One constant-arrival-rate step of the click ramp, as the click-ramp k6 script summarised it."""
+    """One constant-arrival-rate step of the click ramp, as k6-tests/ramp.js summarised it."""
 
     target_rate: float
     achieved_rate: float

@@ -275,7 +275,7 @@ def click_section(results: Mapping[str, Any], level: str) -> list[str]:
     lines = [
         f"{level} Scenario 6 ceiling: the click ramp",
         "",
-        f"Constant arrival rates of {step_s} s each (k6-tests/click-ramp.js), growing until a rate is not held twice,",
+        f"Constant arrival rates of {step_s} s each (k6-tests/ramp.js), growing until a rate is not held twice,",
         "then one step halfway back. Held: every arrival sent, every answer `200 tracked`, P95 < "
         f"{results['settings']['click_p95_limit_ms']:.0f} ms.",
         "The bare endpoint (bench/bare.py) validates the same request body and returns the same answer with",

@@ -6,7 +6,7 @@
    saga/job/payment completion as a user polling sees it.
 3. Reads the services' own metrics before and after: end-to-end latency per queue (publish to
    handled, `message_end_to_end_latency_seconds`) and saga duration (`saga_duration_seconds`).
-4. Ramps scenario 6 (k6-tests/click-ramp.js, constant arrival rates) against analyticsservice, then
+4. Ramps scenario 6 (k6-tests/ramp.js, constant arrival rates) against analyticsservice, then
    against a bare FastAPI endpoint with the same request body (bench/bare.py): the highest rate each
    holds with P95 < 50 ms and no errors, and the ratio.
 5. Samples every service's memory (RSS) idle and under load.
@@ -59,7 +59,7 @@ from tests.support.metrics import sample
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-RAMP_SCRIPT = K6_SCRIPTS / "click-ramp.js"
+RAMP_SCRIPT = K6_SCRIPTS / "ramp.js"
 CLICK_P95_LIMIT_MS = 50.0
 CLICK_QUEUE = "click_tracked_queue"
 MIN_RAMP_RATE = 25
@@ -287,25 +287,35 @@ async def ramp(
     step_s: int,
     out_dir: Path,
     after_step: Callable[[RampStep], Any] | None = None,
+    *,
+    p95_limit_ms: float = CLICK_P95_LIMIT_MS,
+    variables: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Constant-rate steps of growing rate until one is not held (twice: the machine is shared and
     noisy), then one step halfway between the last held rate and the first one missed. If the first
     rate is not held, the steps go down instead. Each step records the CPU time the serving process
-    used per request, a figure that noise on a shared machine disturbs less than latency."""
+    used per request, a figure that noise on a shared machine disturbs less than latency.
+    `variables` go to k6-tests/ramp.js as well (FLOW=register ramps registrations, not clicks)."""
     steps: list[dict[str, Any]] = []
 
     async def step(rate: int) -> bool:
         cpu_before = cpu_seconds(pid)
         run = await run_k6(
             RAMP_SCRIPT,
-            {"TARGET_URL": url, "RATE": str(rate), "DURATION_S": str(step_s), "P95_LIMIT_MS": str(CLICK_P95_LIMIT_MS)},
+            {
+                "TARGET_URL": url,
+                "RATE": str(rate),
+                "DURATION_S": str(step_s),
+                "P95_LIMIT_MS": str(p95_limit_ms),
+                **(variables or {}),
+            },
             out_dir / f"ramp-{name}-{rate}",
             timeout_s=step_s + 60,
         )
         if run.summary is None:
             raise RuntimeError(f"the click ramp at {rate}/s wrote no summary:\n{run.output}")
         result = RampStep.from_summary(run.summary)
-        held = result.held(CLICK_P95_LIMIT_MS)
+        held = result.held(p95_limit_ms)
         entry = {**run.summary, "held": held}
         if after_step is not None:
             entry.update(await after_step(result) or {})  # e.g. wait for the consumer to catch up
@@ -634,7 +644,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "bench", help="where the report goes")
     parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update ('' for none)")
-    parser.add_argument("--step-seconds", type=int, default=8, help="length of each click-ramp step")
+    parser.add_argument("--step-seconds", type=int, default=8, help="length of each ramp step")
     parser.add_argument("--ramp-start", type=float, default=250, help="first click rate (per second)")
     parser.add_argument("--ramp-factor", type=float, default=1.3, help="growth from one step to the next")
     parser.add_argument("--ramp-max", type=float, default=8000, help="highest click rate tried")

@@ -101,10 +101,17 @@ async def deprovision(settings: ProvisionSettings) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--remove", action="store_true", help="delete the vhost and drop the database instead")
+    parser.add_argument(
+        "--database-only", action="store_true", help="the database alone (the synchronous fleet uses no broker)"
+    )
     args = parser.parse_args()
     settings = ProvisionSettings()
-    asyncio.run(deprovision(settings) if args.remove else provision(settings))
     verb = "removed" if args.remove else "ready"
+    if args.database_only:
+        asyncio.run(drop_database(settings) if args.remove else ensure_database(settings))
+        print(f"database {database_of(settings.database_url)!r} {verb}")
+        return
+    asyncio.run(deprovision(settings) if args.remove else provision(settings))
     print(f"vhost {vhost_of(settings.rabbitmq_url)!r} and database {database_of(settings.database_url)!r} {verb}")
 
 

@@ -31,7 +31,11 @@ STOP_TIMEOUT_S = 30.0
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a service could listen on `port` now. With SO_REUSEADDR, as uvicorn binds: the connections a
+    stopped service leaves in TIME_WAIT do not take its port away (the synchronous fleet's peers keep
+    calling it there)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -5,13 +5,42 @@ from pathlib import Path
 
 import pytest
 
-from devtools.fleet import SERVICES, render_procfile
+from common.settings import ServiceSettings
+from devtools.fleet import PROCFILES, SERVICES, SYNC_SERVICES, render_procfile
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_procfile_is_generated_from_the_fleet_description() -> None:
-    assert (ROOT / "Procfile").read_text() == render_procfile(), "run `make procfile`"
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_procfiles_are_generated_from_the_fleet_description(mode: str) -> None:
+    assert (ROOT / PROCFILES[mode]).read_text() == render_procfile(mode), "run `make procfile`"  # type: ignore[arg-type]
+
+
+def test_the_synchronous_fleet_answers_on_the_earlier_implementations_ports() -> None:
+    ports = {service.name: service.port for service in SYNC_SERVICES}
+    assert ports == {
+        "userservice": 8001,
+        "paymentservice": 8002,
+        "productservice": 8003,
+        "reportservice": 8004,
+        "orderservice": 8005,
+        "analyticsservice": 8006,
+        "emailservice": 8007,
+        "searchservice": 8008,
+        "cacheservice": 8009,
+        "inventoryservice": 8010,
+    }
+    assert "--port ${EMAILSERVICE_PORT:-8007}" in render_procfile("sync")
+
+
+def test_a_synchronous_service_calls_its_peers_where_they_answer() -> None:
+    local = ServiceSettings(fleet_mode="sync")
+    assert local.service_url("emailservice") == "http://127.0.0.1:8007"
+    moved = ServiceSettings(fleet_mode="sync", service_ports={"emailservice": 9123})
+    assert moved.service_url("emailservice") == "http://127.0.0.1:9123"
+    compose = ServiceSettings(fleet_mode="sync", service_url_template="http://{service}:{port}")
+    assert compose.service_url("inventoryservice") == "http://inventoryservice:8010"
+    assert ServiceSettings().service_url("emailservice") == "http://127.0.0.1:8107"
 
 
 def test_design_doc_ports() -> None:
