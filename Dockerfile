@@ -33,7 +33,8 @@ USER 10001:10001
 
 # Containers listen on every interface of their own network namespace (the local runner, on loopback).
 ENV BIND_HOST=0.0.0.0
-EXPOSE 8101-8110
+# 8101-8110: the asynchronous fleet; 8001-8010: the synchronous one (FLEET_MODE=sync).
+EXPOSE 8101-8110 8001-8010
 
 # Only what follows differs between the ten images.
 ARG SERVICE

@@ -22,12 +22,17 @@ UP_ARGS ?=
 SERVICE ?=
 PROFILE ?= default
 
+# The synchronous fleet in Docker (docker-compose-sync.yml): FLEET_MODE=sync, no broker, ports 8001-8010.
+.PHONY: up-sync down-sync logs-sync load-sync
+COMPOSE_SYNC := docker compose -f docker-compose-sync.yml
+
 help:
 	@echo "make run    - start all ten services (honcho) against the local RabbitMQ and PostgreSQL"
 	@echo "make run-sync - the synchronous fleet (HTTP calls, no broker) on ports 8001-8010, database fleet_sync"
 	@echo "make up     - build the images and start the whole stack in Docker, waiting until it is healthy"
 	@echo "make up-cluster - the same stack on a 3-node RabbitMQ cluster (compose profile \`cluster\`)"
 	@echo "make down   - stop and remove the stack's containers (its data volumes stay)"
+	@echo "make up-sync, down-sync, logs-sync, load-sync - the same for the synchronous fleet (docker-compose-sync.yml)"
 	@echo "make logs   - follow the stack's logs (SERVICE=emailservice for one service)"
 	@echo "make load   - run the k6 load test inside the compose network (PROFILE=smoke|default|stress)"
 	@echo "make test   - lint, then run the whole test suite (unit, integration, end-to-end)"
@@ -144,6 +149,19 @@ logs:
 load:
 	mkdir -p k6-tests/results
 	K6_UID=$$(id -u) K6_GID=$$(id -g) $(COMPOSE) --profile load run --rm -e PROFILE=$(PROFILE) k6
+
+up-sync:
+	$(COMPOSE_SYNC) up -d --build --wait $(UP_ARGS)
+
+down-sync:
+	$(COMPOSE_SYNC) --profile load down --remove-orphans
+
+logs-sync:
+	$(COMPOSE_SYNC) logs -f --tail=100 $(SERVICE)
+
+load-sync:
+	mkdir -p k6-tests/results
+	K6_UID=$$(id -u) K6_GID=$$(id -g) $(COMPOSE_SYNC) --profile load run --rm -e PROFILE=$(PROFILE) k6
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
