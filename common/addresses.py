@@ -23,6 +23,7 @@ ASYNC_PORTS: dict[str, int] = {
     "cacheservice": 8109,
     "inventoryservice": 8110,
 }
+FLEET_SERVICES: tuple[str, ...] = tuple(ASYNC_PORTS)
 # The synchronous fleet's port of each service: its asynchronous port minus this.
 SYNC_PORT_OFFSET = 100
 

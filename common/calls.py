@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common import correlation
+from common.addresses import FLEET_SERVICES
 from common.consumer import (
     BatchContext,
     Batched,
@@ -189,12 +190,29 @@ class DirectCalls:
         delay_s = BACKGROUND_RETRY_FIRST_S
         while True:
             try:
-                await self.deliver(events)
-                return
-            except CallFailed as exc:  # a service not up yet, say: every handler is idempotent, so try again
+                # Only once every service answers: a handler that committed and then failed to reach the next
+                # service would take the retry for a duplicate, and the step after it would be lost.
+                if await self._fleet_ready():
+                    await self.deliver(events)
+                    return
+            except CallFailed as exc:  # every handler is idempotent: the first hop may be tried again
                 log.info("delivering %d events failed (%s); again in %.1f s", len(events), exc.detail, delay_s)
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, BACKGROUND_RETRY_MAX_S)
+
+    async def _fleet_ready(self) -> bool:
+        if self._client is None:
+            return False
+
+        async def ready(service: str) -> bool:
+            assert self._client is not None
+            try:
+                response = await self._client.get(f"{self._settings.service_url(service)}/ready", timeout=2.0)
+            except httpx.HTTPError:
+                return False
+            return response.status_code == 200
+
+        return all(await asyncio.gather(*(ready(service) for service in FLEET_SERVICES)))
 
     async def publish(self, event: Event, *, headers: Mapping[str, Any] | None = None) -> None:
         """Deliver `event` now (the broker's `publish`, for a caller that writes nothing itself)."""
@@ -271,7 +289,7 @@ async def handle_event(queue: ConsumedQueue, subscription: Subscription[Any], ev
     return True
 
 
-def serve_locally(
+def serve_own_queues(
     calls: DirectCalls, subscriptions: Mapping[ConsumedQueue, Subscription[Any]], runtime: Runtime
 ) -> None:
     """Let `calls` deliver to this service's own queues without a round trip over HTTP."""

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from common import correlation
 from common.asyncapi import asyncapi_document
 from common.broker import Broker, BrokerUnavailable
-from common.calls import CallDeadlineMiddleware, CallFailed, DirectCalls, events_router, serve_locally
+from common.calls import CallDeadlineMiddleware, CallFailed, DirectCalls, events_router, serve_own_queues
 from common.consumer import BatchConsumer, Batched, Consumer, Subscription
 from common.database import Database, DatabaseUnavailable, is_dependency_failure, is_invalid_input
 from common.http_metrics import instrument_http
@@ -217,7 +217,7 @@ def create_service(
                 await calls.open()
                 stack.push_async_callback(tasks.close)
                 runtime = Runtime(settings=settings, database=database, broker=calls, outbox=calls, tasks=tasks)
-                serve_locally(calls, subscriptions, runtime)
+                serve_own_queues(calls, subscriptions, runtime)
             else:
                 broker = Broker(settings)
                 stack.push_async_callback(broker.close)

@@ -474,7 +474,8 @@ export function handleSummary(data) {
     `profile ${PROFILE}, ${MODE} fleet: checks passed ${pct(checks && checks.rate)}, http_req_failed ${pct(report.http_req_failed_rate)}, `
       + `dropped iterations ${report.dropped_iterations}, deadline misses ${report.deadline_misses}`,
     '', 'Accept latency by flow (successful requests; polling excluded):', ...table,
-    '', 'Completion (accept request to final status, seen by polling):', ...completionLines,
+    '', SYNC ? 'Completion (the request, until its answer):' : 'Completion (accept request to final status, seen by polling):',
+    ...completionLines,
     '', 'Thresholds:', ...thresholdResults.map((t) => `  ${t.ok ? 'ok  ' : 'FAIL'} ${t.metric}: ${t.expression}`),
     '', report.thresholds_failed.length ? `${report.thresholds_failed.length} THRESHOLDS FAILED` : 'all thresholds passed',
     '',
