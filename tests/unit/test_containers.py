@@ -86,11 +86,14 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # --- the compose file is valid -----------------------------------------------------------------
 
 
-def _compose_config(home: Path, *options: str) -> dict[str, Any]:
+def _compose_config(home: Path, *options: str, compose_text: str | None = None) -> dict[str, Any]:
     """The services as `docker-compose [options] config` resolves them; it must accept the file without a
-    warning. Only PATH and a HOME of the test's own reach it: the caller's variables must not leak in."""
+    warning. Only PATH and a HOME of the test's own reach it: the caller's variables must not leak in.
+    `compose_text` goes in on stdin instead of the file (paths stay relative to the repository)."""
+    source = str(COMPOSE_FILE) if compose_text is None else "-"
     result = subprocess.run(
-        [required_tool("docker-compose"), "-f", str(COMPOSE_FILE), *options, "config"],
+        [required_tool("docker-compose"), "-f", source, *options, "config"],
+        input=compose_text,
         cwd=ROOT,
         env={"PATH": os.environ["PATH"], "HOME": str(home)},
         capture_output=True,

@@ -7,7 +7,6 @@ tests/unit/test_containers.py checks the asynchronous one: no Docker engine runs
 from __future__ import annotations
 
 import json
-import os
 import re
 import stat
 import subprocess
@@ -31,7 +30,7 @@ from tests.support.containers import (
     load_compose,
     read_env_file,
 )
-from tests.unit.test_containers import required_tool, settings_class, venv_tool
+from tests.unit.test_containers import _compose_config, required_tool, settings_class, venv_tool
 
 SYNC_COMPOSE_FILE = ROOT / "docker-compose-sync.yml"
 INFRASTRUCTURE = {"postgres"}
@@ -83,34 +82,19 @@ def _host_ports(service: dict[str, Any]) -> set[int]:
 # --- the compose file is valid -----------------------------------------------------------------
 
 
-def _compose_config(home: Path, *options: str) -> dict[str, Any]:
-    """The services as `docker-compose [options] config` resolves them, without a warning; only PATH and
-    a HOME of the test's own reach it. The file goes in on stdin (paths stay relative to the repository)
-    without its project name, the one key docker-compose 1.29.2 does not know yet (the current schema,
-    which has it, checks the whole file in the next test)."""
-    text = SYNC_COMPOSE_FILE.read_text()
-    without_name, removed = _PROJECT_NAME.subn("", text)
+def _sync_compose_config(home: Path, *options: str) -> dict[str, Any]:
+    """`docker-compose config` of the file without its project name, the one key docker-compose 1.29.2 does
+    not know yet (the current schema, which has it, checks the whole file in the next test)."""
+    without_name, removed = _PROJECT_NAME.subn("", SYNC_COMPOSE_FILE.read_text())
     assert removed == 1, "the file names its compose project once, at the top level"
-    result = subprocess.run(
-        [required_tool("docker-compose"), "-f", "-", *options, "config"],
-        input=without_name,
-        cwd=ROOT,
-        env={"PATH": os.environ["PATH"], "HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "WARNING" not in result.stderr, result.stderr
-    services: dict[str, Any] = yaml.safe_load(result.stdout)["services"]
-    return services
+    return _compose_config(home, *options, compose_text=without_name)
 
 
 @pytest.mark.parametrize("env_file", ["none", ".env.example"])
 def test_docker_compose_accepts_the_file(env_file: str, tmp_path: Path) -> None:
     env_path = ENV_EXAMPLE if env_file != "none" else tmp_path / "empty.env"
     env_path.touch()
-    resolved = _compose_config(tmp_path, "--env-file", str(env_path))
+    resolved = _sync_compose_config(tmp_path, "--env-file", str(env_path))
     assert set(resolved) == {*SYNC_SERVICES_BY_NAME, *INFRASTRUCTURE, *MONITORING}
     assert resolved["k6"]["profiles"] == ["load"]
     assert resolved["emailservice"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
