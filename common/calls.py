@@ -132,9 +132,12 @@ class DirectCalls:
     """What the synchronous fleet has instead of the broker and the outbox: the same `transaction()`
     and `publish()`, delivering by calls after the commit."""
 
-    def __init__(self, settings: ServiceSettings, database: Database) -> None:
+    def __init__(
+        self, settings: ServiceSettings, database: Database, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self._settings = settings
         self._database = database
+        self._transport = transport  # the network's by default
         self._client: httpx.AsyncClient | None = None
         self._local: dict[str, LocalHandler] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -149,7 +152,9 @@ class DirectCalls:
 
     async def open(self) -> None:
         # Connections are kept open and reused: a call costs a request, not a TCP handshake.
-        self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+        self._client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50), transport=self._transport
+        )
 
     async def close(self) -> None:
         for task in list(self._background):
