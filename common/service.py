@@ -32,7 +32,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from common import correlation
 from common.asyncapi import asyncapi_document
 from common.broker import Broker, BrokerUnavailable
-from common.calls import CallDeadlineMiddleware, CallFailed, DirectCalls, events_router, serve_own_queues
 from common.consumer import BatchConsumer, Batched, Consumer, Subscription
 from common.database import Database, DatabaseUnavailable, is_dependency_failure, is_invalid_input
 from common.http_metrics import instrument_http
@@ -199,6 +198,9 @@ def create_service(
     subscriptions = subscriptions or {}
     _check_subscriptions(settings.service_name, subscriptions)
     synchronous = settings.fleet_mode == "sync"
+    if synchronous:
+        # Imported by the synchronous fleet alone: httpx, its client, costs every process about 5 MB.
+        from common import calls as direct
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -212,12 +214,12 @@ def create_service(
             tasks = BackgroundTasks()
             if synchronous:
                 # No broker: events are delivered by calls after each commit (common/calls.py).
-                calls = DirectCalls(settings, database)
+                calls = direct.DirectCalls(settings, database)
                 stack.push_async_callback(calls.close)
                 await calls.open()
                 stack.push_async_callback(tasks.close)
                 runtime = Runtime(settings=settings, database=database, broker=calls, outbox=calls, tasks=tasks)
-                serve_own_queues(calls, subscriptions, runtime)
+                direct.serve_own_queues(calls, subscriptions, runtime)
             else:
                 broker = Broker(settings)
                 stack.push_async_callback(broker.close)
@@ -259,13 +261,16 @@ def create_service(
         )
     app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
     if synchronous:
-        app.add_middleware(CallDeadlineMiddleware, settings=settings)
-    app.add_middleware(CorrelationIdMiddleware)
+        app.add_middleware(direct.CallDeadlineMiddleware, settings=settings)
 
-    @app.exception_handler(CallFailed)
-    async def call_failed(request: Request, exc: CallFailed) -> JSONResponse:
-        log.warning("%s %s failed downstream (%d): %s", request.method, request.url.path, exc.status_code, exc.detail)
-        return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
+        @app.exception_handler(direct.CallFailed)
+        async def call_failed(request: Request, exc: direct.CallFailed) -> JSONResponse:
+            log.warning(
+                "%s %s failed downstream (%d): %s", request.method, request.url.path, exc.status_code, exc.detail
+            )
+            return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
+
+    app.add_middleware(CorrelationIdMiddleware)
 
     @app.exception_handler(BrokerUnavailable)
     async def broker_unavailable(request: Request, exc: BrokerUnavailable) -> JSONResponse:
@@ -348,7 +353,7 @@ def create_service(
     for router in routers:
         app.include_router(router)
     if synchronous:
-        app.include_router(events_router(subscriptions))
+        app.include_router(direct.events_router(subscriptions))
 
     generate_openapi = app.openapi
 

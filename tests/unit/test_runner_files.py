@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,19 @@ def test_a_service_missing_a_handler_refuses_to_start() -> None:
             description="x",
             metadata=service_metadata("emailservice_test"),
         )
+
+
+@pytest.mark.parametrize(("mode", "loads_httpx"), [("async", False), ("sync", True)])
+def test_only_the_synchronous_fleet_loads_its_http_client(mode: str, loads_httpx: bool) -> None:
+    """httpx costs every process about 5 MB: the asynchronous fleet, which never calls a service, goes without."""
+    probe = "import sys, userservice.main, analyticsservice.main; print('httpx' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env={**os.environ, "FLEET_MODE": mode},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(loads_httpx)
