@@ -71,6 +71,7 @@ CALL_MARGIN_S = 0.25
 _MAX_DETAIL = 500
 BACKGROUND_RETRY_FIRST_S = 0.5
 BACKGROUND_RETRY_MAX_S = 10.0
+FLEET_READY_POLL_S = 0.25
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("call_deadline", default=None)
 
@@ -194,16 +195,23 @@ class DirectCalls:
     async def _deliver_until_done(self, events: Sequence[Event]) -> None:
         delay_s = BACKGROUND_RETRY_FIRST_S
         while True:
+            # Only once every service answers: a handler that committed and then failed to reach the next
+            # service would take the retry for a duplicate, and the step after it would be lost.
+            await self._wait_for_fleet()
             try:
-                # Only once every service answers: a handler that committed and then failed to reach the next
-                # service would take the retry for a duplicate, and the step after it would be lost.
-                if await self._fleet_ready():
-                    await self.deliver(events)
-                    return
+                await self.deliver(events)
+                return
             except CallFailed as exc:  # every handler is idempotent: the first hop may be tried again
                 log.info("delivering %d events failed (%s); again in %.1f s", len(events), exc.detail, delay_s)
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, BACKGROUND_RETRY_MAX_S)
+
+    async def _wait_for_fleet(self) -> None:
+        # Polled: readiness is the other services' to tell, over HTTP; there is nothing here to wait on.
+        ready = await self._fleet_ready()
+        while not ready:
+            await asyncio.sleep(FLEET_READY_POLL_S)
+            ready = await self._fleet_ready()
 
     async def _fleet_ready(self) -> bool:
         if self._client is None:

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from tests.e2e_sync.test_sync_scenarios import create_product
 from tests.support.fleet import Fleet
 
 pytestmark = pytest.mark.e2e
@@ -55,12 +56,13 @@ async def test_a_failure_deep_in_the_saga_reaches_the_caller_with_its_chain(
     fleet: Fleet, http: httpx.AsyncClient
 ) -> None:
     """order -> inventory -> payment: with payment down, inventory answers 503 and the order relays it."""
+    product = await create_product(http, fleet, stock=2)
     await fleet.stop("paymentservice")
     try:
         started = time.monotonic()
         response = await http.post(
             f"{fleet.url('orderservice')}/create_order",
-            json={"product_id": 1, "quantity": 1, "payment_behaviour": "succeed"},
+            json={"product_id": product["id"], "quantity": 1, "payment_behaviour": "succeed"},
         )
         assert response.status_code == 503, response.text
         detail = response.json()["detail"]
