@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.compare_render import README_END, README_START, render_comparison, vacuous_series
+from bench.compare_render import (
+    README_END,
+    README_START,
+    render_comparison,
+    render_markdown,
+    report_body,
+    vacuous_series,
+)
 from bench.render import SCENARIOS
 
 
@@ -124,3 +132,13 @@ def test_a_readme_without_the_block_is_refused(results: dict[str, Any], tmp_path
     readme.write_text("no block here\n")
     with pytest.raises(ValueError, match="compare:start"):
         render_comparison(results, tmp_path / "compare", readme)
+
+
+def test_readme_shows_what_make_compare_rendered() -> None:
+    """README.md's comparison block is docs/compare/results.json rendered: the figures and the file agree."""
+    root = Path(__file__).resolve().parents[2]
+    results = json.loads((root / "docs" / "compare" / "results.json").read_text())
+    section = "\n".join(report_body(results, "###", "docs/compare/compare.png"))
+    assert f"{README_START}\n{section}\n{README_END}" in (root / "README.md").read_text(), "run `make compare`"
+    assert (root / "docs" / "compare" / "results.md").read_text() == render_markdown(results)
+    assert (root / "docs" / "compare" / "compare.png").read_bytes().startswith(b"\x89PNG")
