@@ -19,8 +19,10 @@ What it models, and what it does not:
   margin, so the service that runs out answers 504 first and each caller relays that answer in time.
 - A downstream service that is down, refuses or fails makes the caller fail: 503 (unreachable),
   504 (no answer in time) or 502 (it answered with an error), with the chain of services in the message.
-  There is no retry, no outbox and no queue: what the caller had committed before the call stands
-  (a registered user whose welcome email failed), and the failed step is not delivered later.
+  A request's calls are not retried, and there is no outbox or queue: what the caller had committed
+  before the call stands (a registered user whose welcome email failed), and the failed step is not
+  delivered later. (Only work a service starts on its own is retried in the background; see
+  `DirectCalls.transaction`.)
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common import correlation
@@ -48,16 +50,17 @@ from common.consumer import (
     CheckProcessedFirst,
     DuplicateDelivery,
     MessageContext,
+    PoisonMessage,
     Reject,
     Subscription,
     apply_batch_handler,
     apply_handler,
+    decode_body,
 )
 from common.database import Database
 from common.events import Event
 from common.outbox import UnitOfWork
 from common.settings import ServiceSettings
-from common.tasks import BackgroundTasks
 from common.topology import ConsumedQueue, queues_reached, route_for_publisher
 
 if TYPE_CHECKING:
@@ -147,10 +150,6 @@ class DirectCalls:
     def publisher(self) -> str:
         return self._settings.service_name
 
-    @property
-    def is_connected(self) -> bool:
-        return self._client is not None
-
     async def open(self) -> None:
         # Connections are kept open and reused: a call costs a request, not a TCP handshake.
         self._client = httpx.AsyncClient(
@@ -163,9 +162,6 @@ class DirectCalls:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-    def start(self, tasks: BackgroundTasks) -> None:
-        """Nothing runs in the background: every delivery happens inside the request that caused it."""
 
     def serve_locally(self, queue: ConsumedQueue, handle: LocalHandler) -> None:
         """Deliver events routed to `queue` (consumed by this very service) in-process."""
@@ -292,11 +288,10 @@ async def handle_event(queue: ConsumedQueue, subscription: Subscription[Any], ev
     try:
         if isinstance(subscription, Batched):
             await apply_batch_handler(subscription.handler, BatchContext(queue, [event], runtime))
-        elif isinstance(subscription, CheckProcessedFirst):
-            context = MessageContext(queue, event, 1, runtime)
-            await apply_handler(subscription.handler, context, check_processed_first=True)
         else:
-            await apply_handler(subscription, MessageContext(queue, event, 1, runtime), check_processed_first=False)
+            first = isinstance(subscription, CheckProcessedFirst)
+            handler = subscription.handler if isinstance(subscription, CheckProcessedFirst) else subscription
+            await apply_handler(handler, MessageContext(queue, event, 1, runtime), check_processed_first=first)
     except DuplicateDelivery:
         return False
     return True
@@ -348,12 +343,9 @@ def _receiver(
     async def receive(request: Request) -> CallOutcome | JSONResponse:
         runtime: Runtime = request.app.state.runtime
         try:
-            event = queue.event.model_validate_json(await request.body())
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(body)'}: {e['msg']}" for e in exc.errors())
-            return JSONResponse(
-                status_code=422, content={"detail": f"not a valid {queue.event.type_name()}: {problems}"}
-            )
+            event = decode_body(await request.body(), queue.event)
+        except PoisonMessage as exc:
+            return JSONResponse(status_code=422, content={"detail": str(exc)})
         try:
             handled = await handle_event(queue, subscription, event, runtime)
         except Reject as exc:

@@ -288,8 +288,13 @@ def handled_batch_event_type(handler: Callable[..., Awaitable[None]]) -> type[Ev
 def decode(message: AbstractIncomingMessage, event_type: type[EventT]) -> EventT:
     if message.content_type not in (None, "application/json"):
         raise PoisonMessage(f"unsupported content type {message.content_type!r}")
+    return decode_body(message.body, event_type)
+
+
+def decode_body(body: bytes, event_type: type[EventT]) -> EventT:
+    """The event in a JSON body (a delivery's, or a synchronous call's); `PoisonMessage` says what is wrong."""
     try:
-        return event_type.model_validate_json(message.body)
+        return event_type.model_validate_json(body)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc']) or '(body)'}: {error['msg']}" for error in exc.errors()
