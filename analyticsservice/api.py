@@ -1,22 +1,17 @@
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import bindparam, func, select
 
-from analyticsservice.metrics import CLICKS_INGESTED, CLICKS_KEPT_FOR_THE_BROKER
+from analyticsservice.ingest import ClickGroupsDep
 from analyticsservice.tables import click_counts, product_update_counts
-from common.broker import BrokerUnavailable
-from common.database import is_dependency_failure
-from common.events import ClickTracked
+from common.events import Click
 from common.inputs import DatabaseId, PlainInt, trimmed_text
 from common.service import UNAVAILABLE_RESPONSE, ErrorResponse, RuntimeDep
 from common.sql import Statement
-
-log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["analytics"])
 
@@ -80,33 +75,14 @@ class ProductUpdateCount(BaseModel):
     "/track_click",
     summary="Record a click; it is counted in the background",
     description="Answers once the click is durable: confirmed by the broker (a persistent message on "
-    "`click_tracked_queue`), or, if the broker cannot confirm it, committed to the service's outbox, "
-    "from which it is published when the broker is back. Either way it is counted exactly once, at the "
-    "consumer's own pace. 503 only when neither the broker nor the database can take it.",
+    "`click_tracked_queue`, which carries the clicks accepted together), or, if the broker cannot confirm "
+    "it, committed to the service's outbox, from which it is published when the broker is back. Either way "
+    "it is counted exactly once, at the consumer's own pace. 503 only when neither the broker nor the "
+    "database can take it.",
     responses=UNAVAILABLE_RESPONSE,
 )
-async def track_click(click: ClickRequest, runtime: RuntimeDep) -> ClickAccepted:
-    event = ClickTracked(user_id=click.user_id, page=click.page, session_id=click.session_id)
-    try:
-        # Straight to the broker, not through the outbox: the broker's confirm is the durable record, so
-        # the usual accept costs one confirmed publish and no database round trip.
-        await runtime.broker.publish(event)
-    except BrokerUnavailable as unconfirmed:
-        # No confirm does not mean not queued: the broker may have taken the click before the connection
-        # dropped. The outbox copy carries the same event id, so the consumer counts whichever comes
-        # first and drops the other: exactly once either way.
-        try:
-            async with runtime.outbox.transaction() as unit:
-                unit.publish(event)
-        except Exception as exc:
-            if not is_dependency_failure(exc):
-                raise
-            # Neither can take it: 503. (Had the broker taken it after all, it still counts, once.)
-            log.warning("click %s: no confirm and no database: %r", event.event_id, exc)
-            raise BrokerUnavailable("neither the broker nor the database can take the click") from exc
-        log.info("click %s kept in the outbox until the broker confirms it: %r", event.event_id, unconfirmed)
-        CLICKS_KEPT_FOR_THE_BROKER.inc()
-    CLICKS_INGESTED.inc()
+async def track_click(click: ClickRequest, groups: ClickGroupsDep) -> ClickAccepted:
+    await groups.submit(Click(user_id=click.user_id, page=click.page, session_id=click.session_id))
     return ClickAccepted(status="tracked")
 
 

@@ -8,7 +8,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from analyticsservice.metrics import CLICKS_COUNTED
 from analyticsservice.tables import click_counts, product_update_counts
 from common.consumer import BatchContext, MessageContext
-from common.events import ClickTracked, ProductUpdated
+from common.events import ClicksTracked, ProductUpdated
 from common.sql import Statement
 
 _per_page = select(
@@ -44,13 +44,14 @@ COUNT_PRODUCT_UPDATE = Statement(
 )
 
 
-async def count_clicks(events: Sequence[ClickTracked], ctx: BatchContext[ClickTracked]) -> None:
-    """Add a batch of clicks to the per-page counts. The batch consumer has left out clicks counted
-    before, and records these as counted in the same transaction: each click counts exactly once."""
-    clicks_per_page = Counter(event.page for event in events)
+async def count_clicks(events: Sequence[ClicksTracked], ctx: BatchContext[ClicksTracked]) -> None:
+    """Add a batch of messages' clicks to the per-page counts. The batch consumer has left out messages
+    counted before, and records these as counted in the same transaction: each click counts exactly once."""
+    clicks = [click for event in events for click in event.clicks]
+    clicks_per_page = Counter(click.page for click in clicks)
     last_click: dict[str, datetime] = {}
-    for event in events:
-        last_click[event.page] = max(event.occurred_at, last_click.get(event.page, event.occurred_at))
+    for click in clicks:
+        last_click[click.page] = max(click.clicked_at, last_click.get(click.page, click.clicked_at))
     # Pages in a fixed order, so two replicas' batches lock shared rows in the same order (no deadlock).
     pages = sorted(clicks_per_page)
     async with ctx.transaction() as unit:
@@ -60,7 +61,7 @@ async def count_clicks(events: Sequence[ClickTracked], ctx: BatchContext[ClickTr
             clicks=[clicks_per_page[page] for page in pages],
             last_click_at=[last_click[page] for page in pages],
         )
-    CLICKS_COUNTED.inc(len(events))
+    CLICKS_COUNTED.inc(len(clicks))
 
 
 async def count_product_update(event: ProductUpdated, ctx: MessageContext[ProductUpdated]) -> None:

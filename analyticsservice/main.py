@@ -2,6 +2,7 @@ from fastapi import FastAPI
 
 from analyticsservice.api import router
 from analyticsservice.handlers import count_clicks, count_product_update
+from analyticsservice.ingest import click_groups
 from analyticsservice.settings import Settings
 from analyticsservice.tables import metadata
 from common import topology
@@ -20,6 +21,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "product update from `analytics_product_updates_queue`. `GET /analytics/summary` shows both.",
         metadata=metadata,
         routers=[router],
+        lifespans=[click_groups],
         subscriptions={
             topology.CLICK_TRACKED: Batched(
                 count_clicks, max_size=settings.click_batch_size, max_wait_s=settings.click_batch_max_wait_s

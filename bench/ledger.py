@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-CLICK_EVENT = "ClickTracked"
+CLICK_EVENT = "ClicksTracked"
 CLICK_QUEUE = "click_tracked_queue"
 RABBITMQ_COMMANDS = frozenset({"beam.smp", "erl_child_setup", "epmd", "inet_gethost"})
 POSTGRES_COMMANDS = frozenset({"postgres"})

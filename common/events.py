@@ -225,11 +225,27 @@ class StockLevelChanged(Event):
 # --- Scenario 6: buffered ingestion -------------------------------------------------------------
 
 
-class ClickTracked(Event):
-    event_type: Literal["ClickTracked"] = "ClickTracked"
+# Clicks accepted while the previous message awaited its confirm travel together (common/grouping.py).
+MAX_CLICKS_PER_MESSAGE = 100
+
+
+class Click(BaseModel):
+    """One click, as `POST /track_click` took it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
     user_id: int
     page: str = Field(min_length=1, max_length=512)
     session_id: str | None = Field(default=None, max_length=128)
+    clicked_at: AwareDatetime = Field(default_factory=utc_now)
+
+
+class ClicksTracked(Event):
+    """One click when the service is idle, more under load: the clicks that arrived while the previous
+    message was on its way. The message is counted once (its event id), so each of its clicks is."""
+
+    event_type: Literal["ClicksTracked"] = "ClicksTracked"
+    clicks: tuple[Click, ...] = Field(min_length=1, max_length=MAX_CLICKS_PER_MESSAGE)
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (
@@ -247,7 +263,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     PaymentRefunded,
     StockLevelSet,
     StockLevelChanged,
-    ClickTracked,
+    ClicksTracked,
 )
 
 EVENTS_BY_TYPE: dict[str, type[Event]] = {event.type_name(): event for event in ALL_EVENTS}

@@ -36,7 +36,7 @@ from enum import StrEnum
 import aio_pika
 
 from common.events import (
-    ClickTracked,
+    ClicksTracked,
     Event,
     GenerateReportJob,
     OrderCancelled,
@@ -345,10 +345,10 @@ CACHE_STOCK_LEVELS = ConsumedQueue(
 # Scenario 6: buffered ingestion
 CLICK_TRACKED = ConsumedQueue(
     "click_tracked_queue",
-    ClickTracked,
+    ClicksTracked,
     "analyticsservice",
     DEFAULT_EXCHANGE,
-    "Raw clicks, buffered for the aggregating consumer.",
+    "Raw clicks (one message carries those accepted together), buffered for the aggregating consumer.",
 )
 
 QUEUES: tuple[ConsumedQueue, ...] = (
@@ -407,7 +407,7 @@ ROUTES: tuple[Route, ...] = (
     Route(PaymentRefunded, DEFAULT_EXCHANGE, ORDER_PAYMENT_REFUNDED.name, ("paymentservice",)),
     Route(StockLevelSet, DEFAULT_EXCHANGE, INVENTORY_STOCK_SET.name, ("productservice",)),
     Route(StockLevelChanged, STOCK_LEVELS, "", ("inventoryservice",)),
-    Route(ClickTracked, DEFAULT_EXCHANGE, CLICK_TRACKED.name, ("analyticsservice",)),
+    Route(ClicksTracked, DEFAULT_EXCHANGE, CLICK_TRACKED.name, ("analyticsservice",)),
 )
 
 _ROUTES_BY_EVENT: dict[type[Event], tuple[Route, ...]] = {}

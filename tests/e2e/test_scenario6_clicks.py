@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from common.events import ClickTracked
+from common.events import Click, ClicksTracked
 from tests.support.fleet import Fleet
 from tests.support.impersonator import Impersonator
 from tests.support.metrics import sample
@@ -125,9 +125,10 @@ async def test_redelivered_clicks_are_counted_once(
 ) -> None:
     url = fleet.url("analyticsservice")
     pages = [page_name("dup") for _ in range(3)]
-    clicks = [ClickTracked(user_id=index, page=pages[index % 3]) for index in range(30)]
-    # Each click twice, as the broker redelivers after a lost acknowledgement.
-    await asyncio.gather(*(publisher.publish(click) for click in clicks + clicks))
+    # Ten messages of three clicks each, as the service publishes clicks accepted together.
+    messages = [ClicksTracked(clicks=tuple(Click(user_id=index, page=page) for page in pages)) for index in range(10)]
+    # Each message twice, as the broker redelivers after a lost acknowledgement.
+    await asyncio.gather(*(publisher.publish(message) for message in messages + messages))
 
     expected = {page: 10 for page in pages}
     await eventually(lambda: counts_equal(http, url, expected), message="not every click was counted")

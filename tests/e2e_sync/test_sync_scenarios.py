@@ -172,7 +172,11 @@ async def test_the_seeded_catalogue_reaches_every_service_that_follows_it(
 
 async def test_an_event_delivered_twice_is_applied_once(fleet: Fleet, http: httpx.AsyncClient) -> None:
     page = f"sync-{secrets.token_hex(4)}"
-    event = {"event_id": str(uuid.uuid4()), "event_type": "ClickTracked", "user_id": 9, "page": page}
+    event = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "ClicksTracked",
+        "clicks": [{"user_id": 9, "page": page, "clicked_at": "2026-12-04T12:00:00Z"}],
+    }
     url = f"{fleet.url('analyticsservice')}/events/click_tracked_queue"
     first = await http.post(url, json=event)
     assert first.status_code == 200, first.text

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from common.consumer import DEAD_LETTER_REASON_HEADER
-from common.events import ClickTracked, OrderCreated, UserRegistered
+from common.events import Click, ClicksTracked, OrderCreated, UserRegistered
 from common.topology import CLICK_TRACKED, ORDER_CREATED, PAYMENT_INITIATED, SEARCH_PRODUCT_UPDATES, USER_REGISTERED
 from tests.faults.conftest import FaultReport
 from tests.faults.harness import OUTAGE_S, all_ready, dead_letters, run_fault
@@ -203,9 +203,12 @@ async def test_duplicate_and_malformed_messages(faults: dict[str, Any], manageme
                 for row in orders
             ),
             # A counted click again, on a page of this phase: counted twice, the page's figure would show it.
-            *(ClickTracked(event_id=row["event_id"], user_id=1, page=click_page(phase, 0)) for row in clicks),
+            *(
+                ClicksTracked(event_id=row["event_id"], clicks=(Click(user_id=1, page=click_page(phase, 0)),))
+                for row in clicks
+            ),
         ]
-        queue_of = {UserRegistered: USER_REGISTERED, OrderCreated: ORDER_CREATED, ClickTracked: CLICK_TRACKED}
+        queue_of = {UserRegistered: USER_REGISTERED, OrderCreated: ORDER_CREATED, ClicksTracked: CLICK_TRACKED}
         for event in events:
             queue = queue_of[type(event)]
             properties = {"message_id": str(event.event_id), "type": event.event_type}

@@ -1,9 +1,9 @@
-"""POST /track_click when the broker's confirm is lost (analyticsservice/api.py).
+"""POST /track_click when the broker's confirm is lost (analyticsservice/ingest.py).
 
-A lost confirm does not say whether the broker took the click. The service then commits the click
-to its outbox, with the same event id: whichever copy reaches the consumer first is counted, the
-other dropped, so the answer is 200 and the click counts once in either order. Only when the
-database cannot take it either is the answer 503.
+A lost confirm does not say whether the broker took the message. The service then commits the
+message (one click, or the clicks accepted together) to its outbox, with the same event id: whichever
+copy reaches the consumer first is counted, the other dropped, so every click in it is answered 200
+and counts once in either order. Only when the database cannot take it either is the answer 503.
 
 The analytics service runs in process as it is built (`create_app`: its API, its batching click
 consumer, its outbox, its database tables and the broker of this test run). Only its broker client is
@@ -30,7 +30,7 @@ from analyticsservice.main import create_app
 from analyticsservice.settings import Settings
 from common import topology
 from common.broker import Broker, BrokerUnavailable
-from common.events import ClickTracked, Event
+from common.events import ClicksTracked, Event
 from devtools.provision import admin_dsn
 from tests.support.infra import Infra
 from tests.support.rabbitmq import Management
@@ -43,13 +43,13 @@ When = Literal["after_counted", "before_routed"]
 
 @dataclass
 class LostConfirm:
-    """The confirm of the next click on one page is lost: `after_counted`, once the broker routed it and
-    the consumer counted it; `before_routed`, before the broker routed it (`held` keeps the message the
-    broker takes late, when the test says so)."""
+    """The confirm of the next message holding a click on one page is lost: `after_counted`, once the
+    broker routed it and the consumer counted it; `before_routed`, before the broker routed it (`held`
+    keeps the message the broker takes late, when the test says so)."""
 
     when: When
     counted: Callable[[], Awaitable[bool]] | None = None
-    held: ClickTracked | None = None
+    held: ClicksTracked | None = None
 
 
 class LostConfirmBroker(Broker):
@@ -60,11 +60,11 @@ class LostConfirmBroker(Broker):
         self.faults = {}
 
     async def publish(self, event: Event, *, headers: dict[str, Any] | None = None) -> None:
-        fault = self.faults.pop(event.page, None) if isinstance(event, ClickTracked) else None
+        fault = self._fault_for(event)
         if fault is None:
             await super().publish(event, headers=headers)
             return
-        assert isinstance(event, ClickTracked)
+        assert isinstance(event, ClicksTracked)
         if fault.when == "after_counted":
             await super().publish(event, headers=headers)  # routed into click_tracked_queue
             assert fault.counted is not None
@@ -74,8 +74,14 @@ class LostConfirmBroker(Broker):
         # What publish_message raises when the confirm does not come within PUBLISH_TIMEOUT_S.
         raise BrokerUnavailable("the broker is unavailable: TimeoutError: ") from TimeoutError()
 
-    async def publish_late(self, event: ClickTracked) -> None:
-        """The broker takes the held click after all: it is routed to the consumer now."""
+    def _fault_for(self, event: Event) -> LostConfirm | None:
+        if not isinstance(event, ClicksTracked):
+            return None
+        faults = [self.faults.pop(click.page) for click in event.clicks if click.page in self.faults]
+        return faults[0] if faults else None
+
+    async def publish_late(self, event: ClicksTracked) -> None:
+        """The broker takes the held message after all: it is routed to the consumer now."""
         await super().publish(event)
 
 
@@ -213,3 +219,58 @@ async def test_a_click_neither_the_broker_nor_the_database_can_take_is_answered_
         return await analytics.clicks(page) == 0
 
     await stays(not_counted, duration=1.0, message="a click answered 503 was counted")
+
+
+def clicks_published() -> float:
+    """Messages of clicks the broker confirmed."""
+    value = REGISTRY.get_sample_value(
+        "messages_published_total",
+        {"exchange": "(default)", "event_type": "ClicksTracked", "outcome": "confirmed"},
+    )
+    return value or 0.0
+
+
+async def test_clicks_that_arrive_together_go_out_in_fewer_messages_and_each_counts_once(
+    analytics: Analytics,
+) -> None:
+    page = unique_page()
+    published_before = clicks_published()
+    responses = await asyncio.gather(*(analytics.track(page) for _ in range(40)))
+
+    assert [response.status_code for response in responses] == [200] * 40
+    messages = clicks_published() - published_before
+    assert 1 <= messages < 40, f"{messages:g} messages for 40 clicks accepted at once"
+
+    async def counted() -> bool:
+        return await analytics.clicks(page) == 40
+
+    await eventually(counted, message="not every click was counted")
+    await stays(counted, duration=1.0, message="a click was counted twice")
+
+
+async def test_a_lost_confirm_of_clicks_accepted_together_sends_them_all_through_the_outbox_once(
+    analytics: Analytics,
+) -> None:
+    """The first click goes out alone; the ten that arrive while it awaits its confirm share the next
+    message, whose confirm is lost before the broker routed it."""
+    first_page, page = unique_page(), unique_page()
+    fault = LostConfirm("before_routed")
+    analytics.broker.faults[page] = fault
+    responses = await asyncio.gather(analytics.track(first_page), *(analytics.track(page) for _ in range(10)))
+
+    assert [response.status_code for response in responses] == [200] * 11
+    assert fault.held is not None
+    assert [click.page for click in fault.held.clicks] == [page] * 10, "the ten clicks were not one message"
+
+    async def counted_once() -> bool:
+        return await analytics.clicks(page) == 10 and await analytics.clicks(first_page) == 1
+
+    await eventually(counted_once, message="the outbox did not deliver the clicks")
+    dropped_before = duplicates_dropped()
+    await analytics.broker.publish_late(fault.held)
+
+    async def dropped() -> bool:
+        return duplicates_dropped() > dropped_before
+
+    await eventually(dropped, message="the consumer did not drop the late copy")
+    await stays(counted_once, duration=1.0, message="the clicks were counted twice")

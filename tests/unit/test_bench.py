@@ -133,8 +133,8 @@ def test_readme_shows_the_committed_benchmark() -> None:
 
 METRICS_PUBLISHED = """\
 # TYPE messages_published_total counter
-messages_published_total{exchange="(default)",event_type="ClickTracked",outcome="confirmed"} {clicks}
-messages_published_total{exchange="(default)",event_type="ClickTracked",outcome="unavailable"} 7.0
+messages_published_total{exchange="(default)",event_type="ClicksTracked",outcome="confirmed"} {clicks}
+messages_published_total{exchange="(default)",event_type="ClicksTracked",outcome="unavailable"} 7.0
 messages_published_total{exchange="product_updates",event_type="ProductUpdated",outcome="confirmed"} {updates}
 # TYPE messages_consumed_total counter
 messages_consumed_total{queue="click_tracked_queue",outcome="acked"} {clicks}
