@@ -1050,6 +1050,9 @@ def render_capacity_doc() -> str:
         f"under the default profile ({results['end_to_end'][topology.CLICK_TRACKED.name]['p50_ms']:g} ms;",
         "  most of it the `CLICK_BATCH_MAX_WAIT_S` wait for a batch to fill). Its CPU per message is the ramp's",
         "  median CPU per click, accepted and counted; `1 core / CPU per message` is close to the held rate.",
+        "  The figures are per click, and the queue counts messages: under load one message carries the clicks",
+        "  accepted together (a few at the held rate), so the same `V` stands for more clicks waiting and the",
+        "  queue trigger fires later than the table reads; the CPU trigger beside it catches a saturated process.",
     ]
     if ledger:
         lines += [
