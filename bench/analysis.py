@@ -142,3 +142,43 @@ def ramp_rates(start: float, factor: float, maximum: float) -> list[int]:
         rates.append(round(rate))
         rate *= factor
     return rates
+
+
+@dataclass(frozen=True)
+class Accept:
+    """One accept request of a k6 run: when it was sent (seconds after the run's first request), its
+    flow and its duration."""
+
+    sent_s: float
+    flow: str
+    ms: float
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear between the closest ranks, as k6 computes its p(N). None without values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = q * (len(ordered) - 1)
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def start_burst(accepts: Sequence[Accept], first_s: float, slow_ms: float) -> dict[str, dict[str, Any]]:
+    """Per flow: the accepts sent in the run's first `first_s` seconds, when every virtual user sends its
+    first request at once, how many of them took over `slow_ms`, and the P95 of the others."""
+    flows: dict[str, list[Accept]] = defaultdict(list)
+    for accept in accepts:
+        flows[accept.flow].append(accept)
+    figures = {}
+    for flow, of_flow in flows.items():
+        at_start = [accept.ms for accept in of_flow if accept.sent_s < first_s]
+        later = [accept.ms for accept in of_flow if accept.sent_s >= first_s]
+        p95 = percentile(later, 0.95)
+        figures[flow] = {
+            "at_start": len(at_start),
+            "at_start_slow": sum(1 for duration in at_start if duration > slow_ms),
+            "p95_ms_later": None if p95 is None else round(p95, 2),
+        }
+    return figures

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
+import gzip
 import json
 import os
 import platform
@@ -34,7 +36,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.analysis import Histogram, RampStep, histograms, label, merge, ramp_rates, window
+from bench.analysis import Accept, Histogram, RampStep, histograms, label, merge, ramp_rates, start_burst, window
 from bench.ledger import (
     POSTGRES_COMMANDS,
     RABBITMQ_COMMANDS,
@@ -48,7 +50,7 @@ from bench.ledger import (
     read_cpu,
     read_cpu_wait,
 )
-from bench.render import render_outputs
+from bench.render import ACCEPT_P95_TARGET_MS, render_outputs
 from devtools.fleet import SERVICES
 from devtools.provision import admin_dsn, credentials_of
 from devtools.rabbitmq_nodes import free_port
@@ -72,6 +74,11 @@ BARE_RATE = 120
 STATISTICS_SETTLE_S = 11.0
 # The A/B: the same profile with reports at almost no cost, to show what report hashing costs the rest.
 NEAR_FREE_REPORT_CPU_S = "0.01"
+# Every virtual user of the default profile sends its first request in the same instant: the accepts of
+# the run's first second are counted apart (how many, how many over the target), to tell that burst from
+# the steady state in the tail.
+START_BURST_S = 1.0
+ACCEPT_SLOW_MS = ACCEPT_P95_TARGET_MS
 
 
 # --- the machine --------------------------------------------------------------------------------
@@ -445,6 +452,21 @@ async def queues_drained(http: httpx.AsyncClient, infra: Infra) -> bool:
     return all(queue.get("messages", 0) == 0 for queue in response.json() if not queue["name"].endswith(".dlq"))
 
 
+def accepts_of(samples: Path) -> list[Accept]:
+    """The accept requests in a k6 CSV output (timestamps in milliseconds, taken when a request ended)."""
+    ended: list[tuple[float, str, float]] = []
+    with gzip.open(samples, "rt", newline="") as lines:
+        for row in csv.DictReader(lines):
+            tags = dict(pair.split("=", 1) for pair in row["extra_tags"].split("&") if "=" in pair)
+            if row["metric_name"] == "http_req_duration" and tags.get("kind") == "accept":
+                duration_ms = float(row["metric_value"])
+                ended.append((float(row["timestamp"]) - duration_ms, tags["flow"], duration_ms))
+    if not ended:
+        return []
+    first_sent = min(sent for sent, _, _ in ended)
+    return [Accept((sent - first_sent) / 1000, flow, duration_ms) for sent, flow, duration_ms in ended]
+
+
 async def default_profile(
     http: httpx.AsyncClient,
     fleet: Fleet,
@@ -467,12 +489,14 @@ async def default_profile(
     before_children = children_cpu_s()
     started = time.monotonic()
     run_dir = ARTIFACTS / arguments.run_dir
+    samples = run_dir / f"k6-{name}-samples.csv.gz"
     default, bare_run = await asyncio.gather(
         run_k6(
             FLEET_SCRIPT,
             {"PROFILE": "default", "POLL_INTERVAL_S": str(arguments.poll_interval), **service_urls(fleet)},
             run_dir / f"k6-{name}",
             timeout_s=300,
+            outputs=[f"csv=fileName={samples},timeFormat=unix_milli"],
         ),
         run_k6(
             RAMP_SCRIPT,
@@ -524,6 +548,7 @@ async def default_profile(
         )
     }
     profile["exit_code"] = default.exit_code
+    profile["start_burst"] = start_burst(accepts_of(samples), START_BURST_S, ACCEPT_SLOW_MS)
     return {
         "profile": profile,
         "ledger": ledger,

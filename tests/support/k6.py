@@ -10,7 +10,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,12 +48,20 @@ class K6Run:
 
 
 async def run_k6(
-    script: Path, variables: Mapping[str, str], summary_prefix: Path, *, timeout_s: float = 300.0
+    script: Path,
+    variables: Mapping[str, str],
+    summary_prefix: Path,
+    *,
+    timeout_s: float = 300.0,
+    outputs: Sequence[str] = (),
 ) -> K6Run:
-    """Run `script` with `variables` (passed as `--env`), wait for it, read its summary JSON."""
+    """Run `script` with `variables` (passed as `--env`), wait for it, read its summary JSON. `outputs`
+    go to k6's `--out` (every sample to a file, say)."""
     summary_path = summary_prefix.with_name(summary_prefix.name + ".json")
     summary_path.unlink(missing_ok=True)
     arguments = [str(k6_binary()), "run", "--quiet", "--no-color"]
+    for output in outputs:
+        arguments += ["--out", output]
     for name, value in {**variables, "SUMMARY_PREFIX": str(summary_prefix)}.items():
         arguments += ["--env", f"{name}={value}"]
     process = await asyncio.create_subprocess_exec(

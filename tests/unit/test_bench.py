@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -12,11 +13,23 @@ from pathlib import Path
 
 import pytest
 
-from bench.analysis import Histogram, RampStep, highest_held_rate, histograms, merge, ramp_rates, window
+from bench.analysis import (
+    Accept,
+    Histogram,
+    RampStep,
+    highest_held_rate,
+    histograms,
+    merge,
+    percentile,
+    ramp_rates,
+    start_burst,
+    window,
+)
 from bench.ledger import build_ledger, cpu_used, k6_request_counts, messages, run_queue_wait_s
 from bench.render import (
     README_END,
     README_START,
+    accept_section,
     ledger_section,
     render_markdown,
     render_readme_section,
@@ -222,3 +235,53 @@ def test_the_ledger_table_shows_the_wait_for_a_cpu_and_older_results_without_it(
     assert next(line for line in table.splitlines() if line.startswith("| userservice |")).endswith("| 1.25 |")
     assert "| **fleet** |" in table
     assert "**15.00**" in table  # twelve rows of the fleet at 1.25 s
+
+
+def test_percentile_interpolates_between_ranks_as_k6_does() -> None:
+    assert percentile([], 0.95) is None
+    assert percentile([5.0], 0.95) == 5.0
+    assert percentile([float(value) for value in range(1, 101)], 0.95) == pytest.approx(95.05)
+
+
+def test_the_start_burst_counts_the_first_seconds_accepts_apart_per_flow() -> None:
+    accepts = [
+        Accept(0.0, "order", 140.0),
+        Accept(0.2, "order", 9.0),
+        Accept(0.3, "click", 60.0),
+        *(Accept(1.0 + index, "order", 5.0) for index in range(10)),
+        Accept(25.0, "order", 30.0),
+    ]
+    burst = start_burst(accepts, first_s=1.0, slow_ms=15.0)
+    assert burst["order"] == {"at_start": 2, "at_start_slow": 1, "p95_ms_later": pytest.approx(17.5)}
+    assert burst["click"] == {"at_start": 1, "at_start_slow": 1, "p95_ms_later": None}
+
+
+def test_accepts_are_read_from_k6_csv_samples_by_when_they_were_sent(tmp_path: Path) -> None:
+    from bench.run import accepts_of
+
+    header = "metric_name,timestamp,metric_value,extra_tags\n"
+    rows = [
+        "http_req_duration,1000100,100.0,kind=accept&flow=order",  # sent at 1000000, the first
+        "http_req_duration,1000510,10.0,kind=accept&flow=click",
+        "http_req_duration,1000600,50.0,kind=poll&flow=order",  # a status poll: not an accept
+        "http_reqs,1000700,1.0,kind=accept&flow=click",  # not a duration
+    ]
+    samples = tmp_path / "samples.csv.gz"
+    with gzip.open(samples, "wt") as out:
+        out.write(header + "\n".join(rows) + "\n")
+    assert accepts_of(samples) == [Accept(0.0, "order", 100.0), Accept(0.5, "click", 10.0)]
+
+
+def test_the_accept_table_shows_the_p95_after_the_start_burst_and_older_results_without_it() -> None:
+    results = json.loads((ROOT / "docs" / "bench" / "results.json").read_text())
+    results["default_profile"].pop("start_burst", None)
+    assert "P95 after 1 s" not in "\n".join(accept_section(results, "###"))
+    flows = [row["flow"] for row in results["default_profile"]["accept_latency"]]
+    results["default_profile"]["start_burst"] = {
+        flow: {"at_start": 4, "at_start_slow": 2, "p95_ms_later": 12.5} for flow in flows
+    }
+    table = "\n".join(accept_section(results, "###"))
+    assert "| P95 after 1 s |" in table
+    assert f"{4 * len(flows)} accepts went out in the run's first second, {2 * len(flows)} of them" in table
+    register = next(line for line in table.splitlines() if line.startswith("| 1 register |"))
+    assert "| 12.5 |" in register
