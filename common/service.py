@@ -13,6 +13,7 @@ connection is open and the database answers), `/metrics` and `/docs`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -184,6 +185,16 @@ async def _prune_processed_events_forever(settings: ServiceSettings, database: D
         await asyncio.sleep(settings.processed_events_prune_interval_s)
 
 
+def keep_startup_objects_out_of_full_collections() -> None:
+    """What startup built (modules, models, compiled statements: about 100,000 objects) lives as long as
+    the process, yet a full collection walked all of it, finding nothing to free: 70-100 ms in which the
+    service answered nothing, every few seconds at 1,000 requests/s (measured with analyticsservice under
+    k6-tests/ramp.js: P99 114 ms and arrivals dropped). Frozen, they stay out of the collector's sight and
+    a full collection walks only what requests left behind (2-4 ms; P99 22 ms, none dropped)."""
+    gc.collect()
+    gc.freeze()
+
+
 def create_service(
     settings: ServiceSettings,
     *,
@@ -250,9 +261,11 @@ def create_service(
 
                 stack.push_async_callback(stop_consumer)
 
+            keep_startup_objects_out_of_full_collections()
             log.info("%s is up", settings.service_name)
             yield
             log.info("%s is shutting down", settings.service_name)
+            gc.unfreeze()  # several apps in one process (the tests): the next one's startup is its own
 
     if synchronous:
         description += (
