@@ -133,6 +133,20 @@ def duplicates_dropped() -> float:
     return value or 0.0
 
 
+async def late_copy_is_dropped(
+    analytics: Analytics, held: ClicksTracked, *, still: Callable[[], Awaitable[bool]]
+) -> None:
+    """The broker takes the held message after all: the consumer gets it too, drops it, and `still` holds."""
+    dropped_before = duplicates_dropped()
+    await analytics.broker.publish_late(held)
+
+    async def dropped() -> bool:
+        return duplicates_dropped() > dropped_before
+
+    await eventually(dropped, message="the consumer did not drop the late copy")
+    await stays(still, duration=1.0, message="a click was counted twice")
+
+
 async def test_a_click_counted_before_its_confirm_was_lost_is_answered_200_and_counted_once(
     analytics: Analytics,
 ) -> None:
@@ -171,16 +185,7 @@ async def test_a_click_whose_confirm_was_lost_before_it_was_routed_goes_out_thro
         return await analytics.clicks(page) == 1
 
     await eventually(counted_once, message="the outbox did not deliver the click")
-
-    # The broker took the first copy after all: the consumer gets it too, and drops it.
-    dropped_before = duplicates_dropped()
-    await analytics.broker.publish_late(fault.held)
-
-    async def dropped() -> bool:
-        return duplicates_dropped() > dropped_before
-
-    await eventually(dropped, message="the consumer did not drop the late copy")
-    await stays(counted_once, duration=1.0, message="the click was counted twice")
+    await late_copy_is_dropped(analytics, fault.held, still=counted_once)
 
 
 @asynccontextmanager
@@ -266,11 +271,4 @@ async def test_a_lost_confirm_of_clicks_accepted_together_sends_them_all_through
         return await analytics.clicks(page) == 10 and await analytics.clicks(first_page) == 1
 
     await eventually(counted_once, message="the outbox did not deliver the clicks")
-    dropped_before = duplicates_dropped()
-    await analytics.broker.publish_late(fault.held)
-
-    async def dropped() -> bool:
-        return duplicates_dropped() > dropped_before
-
-    await eventually(dropped, message="the consumer did not drop the late copy")
-    await stays(counted_once, duration=1.0, message="the clicks were counted twice")
+    await late_copy_is_dropped(analytics, fault.held, still=counted_once)
