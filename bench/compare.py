@@ -32,7 +32,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.analysis import ramp_rates
+from bench.analysis import percentile, ramp_rates
 from bench.compare_render import render_comparison, vacuous_series
 from bench.ledger import POSTGRES_COMMANDS, RABBITMQ_COMMANDS, ProcessGroup, cpu_used, processes_named, read_cpu
 from bench.run import (
@@ -207,11 +207,11 @@ async def resilience(fleet: Fleet, infra: Infra, mode: FleetMode, profile: Profi
         statuses: dict[str, int] = {}
         for answer in chosen:
             statuses[str(answer.status)] = statuses.get(str(answer.status), 0) + 1
-        latencies = sorted(answer.latency_ms for answer in chosen)
+        p95_ms = percentile([answer.latency_ms for answer in chosen], 0.95)
         phases[name] = {
             "requests": len(chosen),
             "statuses": dict(sorted(statuses.items())),
-            "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1) if latencies else None,
+            "p95_ms": None if p95_ms is None else round(p95_ms, 1),
         }
     accepted = [answer for answer in answers if answer.status == EXPECTED_REGISTER_STATUS[mode]]
 

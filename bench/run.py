@@ -457,8 +457,10 @@ def accepts_of(samples: Path) -> list[Accept]:
     ended: list[tuple[float, str, float]] = []
     with gzip.open(samples, "rt", newline="") as lines:
         for row in csv.DictReader(lines):
+            if row["metric_name"] != "http_req_duration":  # most rows: the other metrics of each request
+                continue
             tags = dict(pair.split("=", 1) for pair in row["extra_tags"].split("&") if "=" in pair)
-            if row["metric_name"] == "http_req_duration" and tags.get("kind") == "accept":
+            if tags.get("kind") == "accept":
                 duration_ms = float(row["metric_value"])
                 ended.append((float(row["timestamp"]) - duration_ms, tags["flow"], duration_ms))
     if not ended:

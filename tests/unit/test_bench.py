@@ -35,6 +35,7 @@ from bench.render import (
     render_readme_section,
     update_readme,
 )
+from bench.run import accepts_of
 
 ROOT = Path(__file__).resolve().parents[2]
 INF = math.inf
@@ -257,8 +258,6 @@ def test_the_start_burst_counts_the_first_seconds_accepts_apart_per_flow() -> No
 
 
 def test_accepts_are_read_from_k6_csv_samples_by_when_they_were_sent(tmp_path: Path) -> None:
-    from bench.run import accepts_of
-
     header = "metric_name,timestamp,metric_value,extra_tags\n"
     rows = [
         "http_req_duration,1000100,100.0,kind=accept&flow=order",  # sent at 1000000, the first
